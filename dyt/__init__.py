@@ -1,0 +1,20 @@
+"""dyt: Dynamic Tanh and its point-wise relatives, and a norm swap for any timm / transformers /
+diffusers model. Importable on its own: nothing here imports the suite's tasks or trainer."""
+from .convert import NORM_TYPES, Swap, SwapList, auto_alpha, convert, describe_norm, format_swaps
+from .functional import dynamic_tanh, pointwise_norm
+from .layers import (
+    Derf,
+    DynamicHardTanh,
+    DynamicSigmoid,
+    DynamicTanh,
+    LayerNorm2d,
+    PointwiseNorm,
+    RMSNorm2d,
+)
+from .optim import param_groups
+
+__all__ = [
+    "NORM_TYPES", "Derf", "DynamicHardTanh", "DynamicSigmoid", "DynamicTanh", "LayerNorm2d", "PointwiseNorm",
+    "RMSNorm2d", "Swap", "SwapList", "auto_alpha", "convert", "describe_norm", "dynamic_tanh", "format_swaps",
+    "param_groups", "pointwise_norm",
+]

@@ -1,0 +1,55 @@
+"""Forward hooks that read what the point-wise norms see: α and the std of each layer's input."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .layers import PointwiseNorm
+
+
+def pointwise_norms(model: nn.Module) -> Iterator[tuple[str, PointwiseNorm]]:
+    for path, module in model.named_modules():
+        if isinstance(module, PointwiseNorm):
+            yield path, module
+
+
+def alpha_values(model: nn.Module) -> dict[str, float]:
+    """Each DyT-like layer's α (the mean over channels where α is per channel)."""
+    return {path: m.alpha.detach().float().mean().item() for path, m in pointwise_norms(model)}
+
+
+@contextmanager
+def record_input_std(model: nn.Module):
+    """Within the block, every forward of a DyT-like layer stores the std of its input (the paper's Fig. 8
+    compares α with 1/std). Yields the dict path → std; hooks are removed on exit."""
+    stds: dict[str, float] = {}
+    handles = []
+    for path, module in pointwise_norms(model):
+        def hook(_module, args, path=path):
+            stds[path] = args[0].detach().float().std().item()
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield stds
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture_norm_io(model: nn.Module, paths: list[str]):
+    """Within the block, store each listed module's input and output tensors (detached, on CPU) from its
+    latest forward: the raw material for the paper's Fig. 2/4 input–output scatter plots."""
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+    for path in paths:
+        def hook(_module, args, output, path=path):
+            captured[path] = (args[0].detach().float().cpu(), output.detach().float().cpu())
+        handles.append(model.get_submodule(path).register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,106 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dyt import Derf, DynamicHardTanh, DynamicSigmoid, DynamicTanh
+
+SQUASH = {DynamicTanh: torch.tanh, DynamicHardTanh: F.hardtanh, DynamicSigmoid: torch.sigmoid, Derf: torch.erf}
+LAYOUTS = [True, False]
+VARIANTS = [  # (elementwise_affine, bias, learn_alpha, alpha_per_channel)
+    (True, True, True, False),
+    (True, False, True, False),
+    (False, False, True, False),
+    (True, True, False, False),
+    (True, True, True, True),
+]
+
+
+def _input(channels_last, dtype=torch.float32):
+    shape = (2, 5, 6) if channels_last else (2, 6, 3, 4)
+    return torch.randn(shape, dtype=dtype) * 3
+
+
+def _randomise(layer):
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + 0.7)
+
+
+def _formula(layer, cls, x, channels_last):
+    """The layer's definition written out independently of dyt.functional."""
+    view = (lambda t: t) if channels_last else (lambda t: t.reshape(-1, 1, 1))
+    alpha = layer.alpha if layer.alpha.numel() == 1 else view(layer.alpha)
+    z = alpha * x + (layer.shift if cls is Derf else 0)
+    y = SQUASH[cls](z)
+    if layer.weight is not None:
+        y = y * view(layer.weight)
+    if layer.bias is not None:
+        y = y + view(layer.bias)
+    return y
+
+
+@pytest.mark.parametrize("cls", list(SQUASH))
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_equals_formula(cls, channels_last, variant):
+    affine, bias, learn_alpha, per_channel = variant
+    torch.manual_seed(0)
+    layer = cls(6, 0.7, channels_last, affine, bias, learn_alpha=learn_alpha, alpha_per_channel=per_channel)
+    _randomise(layer)
+    x = _input(channels_last)
+    torch.testing.assert_close(layer(x), _formula(layer, cls, x, channels_last), rtol=1e-6, atol=1e-6)
+    assert (layer.weight is None) == (not affine)
+    assert (layer.bias is None) == (not (affine and bias))
+    assert layer.alpha.numel() == (6 if per_channel else 1)
+    assert layer.alpha.requires_grad == learn_alpha
+
+
+@pytest.mark.parametrize("cls", list(SQUASH))
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_gradients_pass_gradcheck(cls, channels_last):
+    torch.manual_seed(1)
+    layer = cls(6, 0.6, channels_last, dtype=torch.float64)
+    _randomise(layer)
+    names = [name for name, _ in layer.named_parameters()]
+    x = _input(channels_last, torch.float64).requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def through_layer(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(through_layer, (x, *params))
+
+
+def test_layer_gradients_reach_every_parameter():
+    layer = Derf(6, channels_last=False)
+    layer(_input(False)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_defaults_and_repr():
+    layer = DynamicTanh(8)
+    assert layer.alpha.item() == 0.5 and layer.weight.eq(1).all() and layer.bias.eq(0).all()
+    text = repr(DynamicTanh(8, alpha_init=0.8, channels_last=False))
+    assert "8" in text and "alpha_init=0.8" in text and "channels_first" in text
+    assert "elementwise_affine=False" in repr(DynamicTanh(8, elementwise_affine=False))
+    assert "bias=False" in repr(DynamicTanh(8, bias=False))
+    assert Derf(4).shift.item() == 0.0 and Derf(4).alpha.item() == 0.5
+
+
+def test_alpha_must_be_positive():
+    with pytest.raises(ValueError, match="alpha_init must be > 0"):
+        DynamicTanh(4, alpha_init=0.0)
+
+
+def test_device_and_dtype_are_honoured():
+    layer = DynamicTanh(4, device="meta", dtype=torch.bfloat16)
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in layer.parameters())
+
+
+def test_timm_builds_the_layer_through_norm_layer():
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3,
+                              norm_layer=DynamicTanh)
+    assert sum(isinstance(m, DynamicTanh) for m in model.modules()) == 5
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
