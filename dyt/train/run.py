@@ -1,0 +1,106 @@
+"""One run: validate, seed, build the task's model with its native norms, convert, train."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, norm_spec, validate
+
+log = logging.getLogger("dyt.train")
+
+
+def run(cfg: DictConfig) -> dict:
+    """The body of `train.py`: exits non-zero on a bad config, a failure, or (with a code 128 + signal)
+    after saving a checkpoint on preemption; a diverged run returns normally unless asked to fail."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    summary = train(cfg)
+    code = summary.pop("exit_code")
+    if code:
+        sys.exit(code)
+    return summary
+
+
+def norm_label(norm: DictConfig) -> str:
+    """`dyt-a0.5`, `dyt_hardtanh-a0.5`, `dyt-a0.8/0.2/0.2` (attn/ffn/final), `layernorm`."""
+    name = norm.type + (f"_{norm.fn}" if norm.get("fn") not in (None, "tanh") else "")
+    if norm.get("learn_alpha") is False:
+        name += "_fixed"
+    if norm.type not in ("dyt", "derf"):
+        return name
+    alpha = norm.alpha_init
+    if isinstance(alpha, DictConfig):
+        alpha = "/".join(f"{alpha[r]:g}" if not isinstance(alpha[r], str) else alpha[r] for r in ("attn", "ffn", "final"))
+    elif not isinstance(alpha, str):
+        alpha = f"{float(alpha):g}"
+    return f"{name}-a{alpha}"
+
+
+def _init_from(model, source: str) -> None:
+    """Load weights (not optimizer state) from a checkpoint folder or a run folder's latest checkpoint;
+    tensors whose shape differs (a new head) keep their fresh initialisation."""
+    from .checkpoint import latest_checkpoint, model_weights
+
+    path = Path(source)
+    if not (path / "COMPLETE").exists():
+        path = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if path is None:
+            raise ConfigError(f"init_from={source} holds no complete checkpoint")
+    weights = model_weights(path)
+    own = model.state_dict()
+    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in fitting)
+    model.load_state_dict(fitting, strict=False)
+    log.info("init_from %s: loaded %d tensors; %d keep their initialisation%s", path, len(fitting), len(fresh),
+             f" ({', '.join(fresh[:6])}{' …' if len(fresh) > 6 else ''})" if fresh else "")
+
+
+def train(cfg: DictConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from hydra.utils import get_class
+
+    from dyt.convert import convert
+
+    from .trainer import Trainer
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    task = get_class(cfg.task._target_)(cfg.task)
+    set_seed(cfg.seed)  # right before the model: LN and DyT runs of one seed share every non-norm weight
+    model = task.build_model()
+    swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
+    task.adapt_to_norm(model, cfg.norm)
+    if cfg.get("init_from"):
+        _init_from(model, cfg.init_from)
+    train_set, val_set = task.build_data()
+    n_params = sum(p.numel() for p in model.parameters())
+    label = norm_label(cfg.norm)
+    group = cfg.get("group") or f"{task.name}-{cfg.task.get('size', 'default')}"
+    run_info = {"task": task.name, "size": cfg.task.get("size"), "norm": label, "norm_type": cfg.norm.type,
+                "alpha_init": OmegaConf.to_container(cfg.norm).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
+                "seed": cfg.seed, "group": group, "params": n_params, "norms_replaced": len(swaps.replaced),
+                "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir)}
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "norms.txt").write_text(str(swaps) + "\n")
+        log.info("run folder %s", run_dir)
+        log.info("norm layers:\n%s", swaps)
+        log.info("%s: %.2fM parameters, %d train / %d val samples, %d processes, α decay %s", task.name,
+                 n_params / 1e6, len(train_set), len(val_set), accelerator.num_processes,
+                 "on" if cfg.trainer.optim.decay_alpha else "off")
+    tracker_args = {"config": OmegaConf.to_container(cfg, resolve=True), "name": f"{label}-s{cfg.seed}",
+                    "group": group, "tags": [task.name, cfg.norm.type, label]}
+    trainer = Trainer(cfg, task, model, train_set, val_set, accelerator=accelerator, run_dir=run_dir,
+                      run_info=run_info, tracker_args=tracker_args)
+    return trainer.fit()

@@ -1,0 +1,1 @@
+"""The suite's tasks: one small file each, built on dyt.train's Task contract."""

