@@ -35,6 +35,8 @@ class TrainerConfig:
     max_steps: int = 1000  # optimizer steps
     batch_size: int = 64  # per process and micro-step
     grad_accum: int = 1
+    # the paper's batch whatever the number of processes: sets grad_accum = global / (batch_size × processes)
+    global_batch_size: Optional[int] = None
     mixed_precision: str = "no"  # no | bf16 | fp16
     log_every: int = 10
     eval_every: int = 200  # and always at the end
@@ -114,6 +116,8 @@ def _check_paths(tree: dict, prefix: str) -> None:
         full = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict):
             _check_paths(value, full)
+        elif _is_input_path_key(str(key)) and value == "???":
+            raise ConfigError(f"{full} is required here (this config trains on real data); add {full}=/path/to/data")
         elif _is_input_path_key(str(key)) and isinstance(value, str) and value and not Path(str(value)).expanduser().exists():
             raise ConfigError(f"{full}={value} does not exist; point {full} at a local path (or drop it to use the embedded data)")
 

@@ -45,16 +45,20 @@ def train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, wor
     """Map-style data goes through EpochSampler. An IterableDataset (a stream too large to index) yields
     this process's share itself (e.g. `datasets.distributed.split_dataset_by_node`) and may take
     `set_epoch`; a resumed run skips the batches already consumed in the epoch by reading past them."""
+    # the loader's own generator: making an iterator draws worker seeds from it, not from the global RNG
+    # (whose state a checkpoint restores), and it is reseeded from (seed, epoch) in `epoch_batches`
+    generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, IterableDataset):
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
-                          drop_last=True)
+                          drop_last=True, generator=generator)
     sampler = EpochSampler(len(dataset), batch_size, seed=seed, rank=rank, world=world)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=num_workers, drop_last=True, persistent_workers=False)
+                      num_workers=num_workers, drop_last=True, generator=generator)
 
 
-def epoch_batches(loader: DataLoader, epoch: int, skip: int):
+def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int):
     """The batches of one epoch after the first `skip`."""
+    loader.generator.manual_seed(seed * 1_000_003 + epoch)
     if isinstance(loader.sampler, EpochSampler):
         loader.sampler.set_position(epoch, skip)
         return iter(loader)
@@ -68,4 +72,4 @@ def eval_loader(dataset: Dataset, batch_size: int, *, rank: int, world: int, col
     """Every validation sample exactly once over all processes, in order."""
     indices = list(range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate_fn,
-                      num_workers=num_workers)
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))

@@ -61,28 +61,42 @@ def _init_from(model, source: str) -> None:
              f" ({', '.join(fresh[:6])}{' …' if len(fresh) > 6 else ''})" if fresh else "")
 
 
-def train(cfg: DictConfig) -> dict:
-    from accelerate import Accelerator
+def _size(dataset) -> str:
+    return str(len(dataset)) if hasattr(dataset, "__len__") else "streamed"
+
+
+def build(cfg: DictConfig):
+    """The task and its model with the configured norm, seeded so that runs of one seed that differ only in
+    the norm share every other initial weight. Returns (task, model, swaps)."""
     from accelerate.utils import set_seed
     from hydra.utils import get_class
 
     from dyt.convert import convert
 
-    from .trainer import Trainer
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision)
-    if not accelerator.is_main_process:
-        logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
     task = get_class(cfg.task._target_)(cfg.task)
-    set_seed(cfg.seed)  # right before the model: LN and DyT runs of one seed share every non-norm weight
+    set_seed(cfg.seed)
     model = task.build_model()
     swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
     task.adapt_to_norm(model, cfg.norm)
     if cfg.get("init_from"):
         _init_from(model, cfg.init_from)
+    return task, model, swaps
+
+
+def train(cfg: DictConfig) -> dict:
+    import torch
+    from accelerate import Accelerator
+
+    from .trainer import Trainer
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo group
+    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    task, model, swaps = build(cfg)
     train_set, val_set = task.build_data()
     n_params = sum(p.numel() for p in model.parameters())
     label = norm_label(cfg.norm)
@@ -96,8 +110,8 @@ def train(cfg: DictConfig) -> dict:
         (run_dir / "norms.txt").write_text(str(swaps) + "\n")
         log.info("run folder %s", run_dir)
         log.info("norm layers:\n%s", swaps)
-        log.info("%s: %.2fM parameters, %d train / %d val samples, %d processes, α decay %s", task.name,
-                 n_params / 1e6, len(train_set), len(val_set), accelerator.num_processes,
+        log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes, α decay %s", task.name,
+                 n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes,
                  "on" if cfg.trainer.optim.decay_alpha else "off")
     tracker_args = {"config": OmegaConf.to_container(cfg, resolve=True), "name": f"{label}-s{cfg.seed}",
                     "group": group, "tags": [task.name, cfg.norm.type, label]}

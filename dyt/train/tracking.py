@@ -9,7 +9,9 @@ import logging
 import math
 import os
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,11 @@ class Tracker:
         try:
             import wandb
 
-            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key_configured(wandb) else "offline")
+            if not os.environ.get("WANDB_MODE"):
+                os.environ.pop("WANDB_MODE", None)  # wandb rejects an empty value
+            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key_configured() else "offline")
             id_file = self.run_dir / WANDB_ID_FILE
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             id_file.write_text(run_id)
             self.wandb_run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.get("entity"), group=group, name=name,
@@ -117,10 +121,14 @@ class Tracker:
             self.wandb_run = None
 
 
-def _wandb_key_configured(wandb) -> bool:
+def _wandb_key_configured() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` writes it), checked offline."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    import netrc
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return bool(wandb.api.api_key)
-    except Exception:  # noqa: BLE001
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
         return False

@@ -63,6 +63,17 @@ class PreemptionFlag:
             signal.signal(sig, handler)
 
 
+def gradient_accumulation(tcfg, processes: int) -> int:
+    """Micro-steps per optimizer step: `grad_accum`, or what makes `global_batch_size` with this many processes."""
+    if not tcfg.global_batch_size:
+        return tcfg.grad_accum
+    per_step = tcfg.batch_size * processes
+    if tcfg.global_batch_size % per_step:
+        raise ValueError(f"trainer.global_batch_size={tcfg.global_batch_size} is not a multiple of "
+                         f"trainer.batch_size × processes = {per_step}; change trainer.batch_size")
+    return tcfg.global_batch_size // per_step
+
+
 def _write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1))
@@ -77,6 +88,11 @@ class Trainer:
         self.raw_model = model
         self.ckpt_root = run_dir / "checkpoints"
         tcfg, acc = self.tcfg, accelerator
+        self.grad_accum = gradient_accumulation(tcfg, acc.num_processes)
+        if acc.is_main_process:
+            log.info("global batch %d = %d per process × %d processes × %d accumulation; %d optimizer steps",
+                     tcfg.batch_size * acc.num_processes * self.grad_accum, tcfg.batch_size, acc.num_processes,
+                     self.grad_accum, tcfg.max_steps)
         self.train_dl = train_loader(train_set, tcfg.batch_size, seed=cfg.seed, rank=acc.process_index,
                                      world=acc.num_processes, collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
         self.val_dl = eval_loader(val_set, tcfg.batch_size, rank=acc.process_index, world=acc.num_processes,
@@ -122,7 +138,7 @@ class Trainer:
 
         while True:
             empty = True
-            for batch in epoch_batches(self.train_dl, self.epoch, self.batch_in_epoch):
+            for batch in epoch_batches(self.train_dl, self.epoch, self.batch_in_epoch, self.cfg.seed):
                 empty = False
                 self.batch_in_epoch += 1
                 yield send_to_device(batch, self.accelerator.device)
@@ -170,17 +186,17 @@ class Trainer:
             log_now = (self.step + 1) % tcfg.log_every == 0 or self.step + 1 == tcfg.max_steps
             step_loss, step_metrics, stds = 0.0, {}, {}
             task.set_step(self.step, tcfg.max_steps)
-            for micro in range(tcfg.grad_accum):
+            for micro in range(self.grad_accum):
                 batch = next(batches)
-                sync = micro == tcfg.grad_accum - 1
+                sync = micro == self.grad_accum - 1
                 record = record_input_std(self.raw_model) if log_now and micro == 0 else nullcontext({})
                 with (nullcontext() if sync else acc.no_sync(self.model)), record as recorded:
                     loss, metrics = task.loss(self.model, batch)
-                    acc.backward(loss / tcfg.grad_accum)
+                    acc.backward(loss / self.grad_accum)
                 stds.update(recorded)
-                step_loss += loss.detach().float() / tcfg.grad_accum
+                step_loss += loss.detach().float() / self.grad_accum
                 for k, v in metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / tcfg.grad_accum
+                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / self.grad_accum
                 samples, tokens = task.count(batch)
                 window.add_data(samples * acc.num_processes, None if tokens is None else tokens * acc.num_processes)
             clip = tcfg.optim.clip_grad if tcfg.optim.clip_grad else math.inf

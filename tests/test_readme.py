@@ -1,0 +1,25 @@
+"""README is the user's door: its commands and its library example must stay true."""
+import re
+
+from tests.helpers import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def test_library_example_runs_as_written():
+    code = re.search(r"```python\n(.*?)```", _section("dyt as a library"), re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    commands = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
+    assert len(commands) == 2
+    assert commands[0].endswith("python train.py task=vit norm=dyt") and "pip install -e ." in commands[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci

@@ -1,0 +1,213 @@
+"""The spine's promises: clear config errors, exact resume, preemption, divergence, tracking, pairing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dyt.train.checkpoint import MARKER, latest_checkpoint, valid_checkpoints
+from dyt.train.data import EpochSampler
+from dyt.train.schedule import warmup_cosine
+from tests.helpers import ROOT, metrics, run_train, summary, train_env
+
+TINY_VIT = ["task=vit", "task.size=debug", "trainer.batch_size=32", "trainer.max_eval_batches=2"]
+
+
+def compose_cfg(*overrides, run_dir="unused"):
+    import dyt.train  # noqa: F401 — registers the schemas and resolvers
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
+
+
+# ------------------------------------------------------------------ bad input fails fast, in one line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["norm.alpha_innit=1"], "norm.alpha_innit"),
+    (["+norm.alpha_innit=1"], "norm.alpha_innit"),
+    (["trainer.max_step=3"], "trainer.max_step"),
+    (["task=vitt"], "unknown task 'vitt'"),
+    (["norm=dytt"], "unknown norm 'dytt'"),
+    (["norm.alpha_init=0"], "norm.alpha_init=0"),
+    (["norm.alpha_init=-0.5"], "must be > 0"),
+    (["norm.alpha_init={attn:1.0,ffn:0.5}"], "attn, ffn, final"),
+    (["task.data.root=/no/such/imagenet"], "task.data.root=/no/such/imagenet does not exist"),
+    (["norm.type=batchtanh"], "known: dyt, derf"),
+])
+def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, *args, check=False, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert not run_dir.exists()  # nothing was started, no checkpoint written
+
+
+# ------------------------------------------------------------------ a run and what it writes
+
+
+def test_run_writes_summary_metrics_and_alpha_logs(tmp_path):
+    run_train(tmp_path, *TINY_VIT, "trainer.max_steps=6", "trainer.log_every=3", "trainer.eval_every=3")
+    result = summary(tmp_path)
+    assert result["status"] == "completed" and result["steps"] == 6 and result["norm"] == "dyt-a0.5"
+    assert result["headline"]["name"] == "val/acc" and result["headline"]["higher_is_better"] is True
+    assert 0 <= result["headline"]["value"] <= 1 and result["params"] > 0 and result["norms_replaced"] == 5
+    rows = metrics(tmp_path)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == [3, 6]
+    row = train_rows[-1]
+    assert {"lr", "grad_norm", "samples_per_s", "alpha/blocks.0.norm1", "input_std/blocks.0.norm1"} <= set(row)
+    assert [r["step"] for r in rows if "val/acc" in r] == [3, 6]
+    assert (tmp_path / "config.yaml").exists() and "DynamicTanh" in (tmp_path / "norms.txt").read_text()
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000006"
+
+
+def test_same_seed_gives_layernorm_and_dyt_the_same_other_weights():
+    from dyt.train.run import build
+
+    _, ln_model, _ = build(compose_cfg(*TINY_VIT, "norm=layernorm", "seed=7"))
+    _, dyt_model, swaps = build(compose_cfg(*TINY_VIT, "norm=dyt", "seed=7"))
+    norm_paths = tuple(s.path + "." for s in swaps)
+    dyt_state = dyt_model.state_dict()
+    shared = {k: v for k, v in ln_model.state_dict().items() if not k.startswith(norm_paths)}
+    assert len(shared) > 10 and all(torch.equal(v, dyt_state[k]) for k, v in shared.items())
+
+
+# ------------------------------------------------------------------ resume
+
+
+def _train_rows(run_dir):
+    keys = ("train/loss", "grad_norm", "lr", "val/acc", "val/loss")
+    return [(r["step"], *(r.get(k) for k in keys)) for r in metrics(run_dir)]
+
+
+def test_sigkill_then_same_command_resumes_to_the_same_result(tmp_path):
+    args = [*TINY_VIT, "trainer.max_steps=200", "trainer.ckpt_every=20", "trainer.log_every=1",
+            "trainer.eval_every=20"]
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    run_train(whole, *args)
+
+    command = [sys.executable, str(ROOT / "train.py"), *args, "logger=none", "trainer.progress=log",
+               f"hydra.run.dir={interrupted}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "step_00000020" / MARKER).exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "summary.json").exists()  # it really was killed mid-way
+
+    result = run_train(interrupted, *args)
+    assert "resumed from" in result.stderr + result.stdout
+    assert _train_rows(interrupted) == _train_rows(whole)
+    assert summary(interrupted)["final"] == summary(whole)["final"]
+
+
+def test_preemption_signal_checkpoints_then_resume_completes(tmp_path):
+    args = [*TINY_VIT, "trainer.max_steps=5000", "trainer.ckpt_every=10000", "trainer.log_every=1",
+            "trainer.eval_every=10000"]
+    command = [sys.executable, str(ROOT / "train.py"), *args, "logger=none", "trainer.progress=log",
+               f"hydra.run.dir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ((tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").read_text().count("\n") >= 3):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGUSR1)
+    assert process.wait(timeout=120) == 128 + signal.SIGUSR1
+    preempted = summary(tmp_path)
+    steps = preempted["steps"]
+    assert preempted["status"] == "preempted" and 3 <= steps < 5000
+    assert latest_checkpoint(tmp_path / "checkpoints").name == f"step_{steps:08d}"
+
+    run_train(tmp_path, *args, f"trainer.max_steps={steps + 5}")
+    done = summary(tmp_path)
+    assert done["status"] == "completed" and done["steps"] == steps + 5
+
+
+# ------------------------------------------------------------------ divergence
+
+
+def test_divergence_ends_cleanly_and_is_recorded(tmp_path):
+    result = run_train(tmp_path, *TINY_VIT, "norm=identity", "trainer.optim.lr=1e6", "trainer.optim.clip_grad=null",
+                       "trainer.max_steps=50", "trainer.log_every=1")
+    assert result.returncode == 0
+    diverged = summary(tmp_path)
+    assert diverged["status"] == "diverged" and diverged["steps"] < 50 and "non-finite" in diverged["error"]
+
+    failing = run_train(tmp_path / "strict", *TINY_VIT, "norm=identity", "trainer.optim.lr=1e6",
+                        "trainer.optim.clip_grad=null", "trainer.max_steps=50", "trainer.fail_on_divergence=true",
+                        check=False)
+    assert failing.returncode == 1 and summary(tmp_path / "strict")["status"] == "diverged"
+
+
+# ------------------------------------------------------------------ tracking
+
+
+def test_wandb_without_api_key_writes_an_offline_run(tmp_path):
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "NETRC": str(tmp_path / "no-netrc")}
+    result = run_train(tmp_path, *TINY_VIT, "trainer.max_steps=2", "logger=wandb", **env)
+    assert "wandb sync" in result.stderr + result.stdout
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "wandb_id.txt").read_text().strip()
+
+
+def test_logger_none_never_imports_wandb(tmp_path):
+    poison = tmp_path / "poison" / "wandb"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('wandb must not be imported with logger=none')\n")
+    run_train(tmp_path / "run", *TINY_VIT, "trainer.max_steps=2", "logger=none",
+              PYTHONPATH=str(tmp_path / "poison"))
+    assert summary(tmp_path / "run")["status"] == "completed"
+
+
+# ------------------------------------------------------------------ several processes
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    # accelerate's `--cpu` launcher starts one process (several need MPI); `--multi_gpu` goes through torchrun,
+    # and without CUDA the trainer's Accelerator joins the processes in a gloo group on the CPU
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    run_train(tmp_path, *TINY_VIT, "trainer.max_steps=4", "trainer.eval_every=2", launcher=launcher, timeout=300)
+    result = summary(tmp_path)
+    assert result["status"] == "completed" and result["steps"] == 4
+    log_text = (tmp_path / "train.log").read_text()
+    assert "2 processes" in log_text
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+def test_epoch_sampler_shards_cover_each_batch_once_and_skip_resumes():
+    shards = [list(EpochSampler(100, 8, seed=3, rank=r, world=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 48 and not set(shards[0]) & set(shards[1])
+    sampler = EpochSampler(100, 8, seed=3)
+    full = list(sampler)
+    sampler.set_position(0, skip_batches=5)
+    assert list(sampler) == full[40:]
+    sampler.set_position(1)
+    assert list(sampler) != full
+
+
+def test_warmup_cosine_schedule():
+    lrs = [warmup_cosine(s, peak=1.0, total=100, warmup=10, min_ratio=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert warmup_cosine(100, peak=1.0, total=100, warmup=10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
+    (tmp_path / "step_00000010").mkdir()
+    (tmp_path / "step_00000010" / MARKER).touch()
+    (tmp_path / "step_00000020").mkdir()  # a save that was killed before its marker
+    (tmp_path / ".tmp-step_00000030").mkdir()
+    assert [p.name for p in valid_checkpoints(tmp_path)] == ["step_00000010"]
