@@ -32,6 +32,11 @@ _TYPE_OPTIONS = {
     "identity": set(),
 }
 _COMMON_OPTIONS = {"elementwise_affine", "bias", "channels_last"}
+
+
+def norm_options(norm_type: str) -> set[str]:
+    """The options `convert` accepts for a norm type."""
+    return _TYPE_OPTIONS[norm_type] | _COMMON_OPTIONS
 _STATISTICS_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -299,7 +304,7 @@ def parse_norm(norm, alpha_init=None, options: Mapping | None = None) -> tuple[s
         options = {**spec, **options}
     if norm not in NORM_TYPES:
         raise ValueError(f"unknown norm type {norm!r}; known: {', '.join(NORM_TYPES)}")
-    allowed = _TYPE_OPTIONS[norm] | _COMMON_OPTIONS
+    allowed = norm_options(norm)
     unknown = sorted(k for k in options if k not in allowed)
     if unknown:
         raise ValueError(f"norm {norm!r} takes no option {', '.join(unknown)}; it takes: {', '.join(sorted(allowed))}")

@@ -57,7 +57,7 @@ class TrainerConfig:
 class NormConfig:
     """The norm every normalization layer becomes (`dyt.convert`); None leaves a switch at its default."""
 
-    type: str = "dyt"  # dyt | derf | layernorm | rmsnorm | identity
+    type: str = "dyt"  # dyt | derf | layernorm | rmsnorm | identity | native (the model's own norms, untouched)
     alpha_init: Any = 0.5  # a number, "auto" (from the width), or {attn, ffn, final}
     fn: Optional[str] = None  # dyt: tanh | hardtanh | sigmoid
     learn_alpha: Optional[bool] = None
@@ -78,13 +78,20 @@ NORM_SWITCHES = ("fn", "learn_alpha", "alpha_per_channel", "shift_init", "elemen
 ALPHA_NORMS = ("dyt", "derf")
 
 
+NATIVE = "native"
+
+
 def norm_spec(norm: DictConfig) -> dict:
-    """The `dyt.convert` spec of a norm section: its type, α₀ and the switches that are set."""
+    """The `dyt.convert` spec of a norm section: its type, α₀ and the switches that are set and that the
+    type takes (a sweep may set `norm.fn` for every norm it crosses; identity ignores it)."""
+    from dyt.convert import norm_options
+
     spec = {"type": norm.type}
     if norm.type in ALPHA_NORMS:
         alpha = norm.alpha_init
         spec["alpha_init"] = OmegaConf.to_container(alpha) if isinstance(alpha, DictConfig) else alpha
-    spec.update({k: norm[k] for k in NORM_SWITCHES if norm.get(k) is not None})
+    allowed = norm_options(norm.type)
+    spec.update({k: norm[k] for k in NORM_SWITCHES if norm.get(k) is not None and k in allowed})
     return spec
 
 
@@ -137,8 +144,8 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg.norm, NormConfig, "norm")
     _check_keys(cfg.trainer, TrainerConfig, "trainer")
     _check_keys(cfg.trainer.optim, OptimConfig, "trainer.optim")
-    if cfg.norm.type not in NORM_TYPES:
-        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {', '.join(NORM_TYPES)}")
+    if cfg.norm.type not in (*NORM_TYPES, NATIVE):
+        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {', '.join((*NORM_TYPES, NATIVE))}")
     if cfg.norm.type in ALPHA_NORMS:
         _check_alpha(cfg.norm.alpha_init)
     if cfg.norm.type == "dyt" and cfg.norm.fn not in (None, "tanh", "hardtanh", "sigmoid"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, norm_spec, validate
+from .config import NATIVE, ConfigError, norm_spec, validate
 
 log = logging.getLogger("dyt.train")
 
@@ -27,9 +27,12 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def norm_label(norm: DictConfig) -> str:
-    """`dyt-a0.5`, `dyt_hardtanh-a0.5`, `dyt-a0.8/0.2/0.2` (attn/ffn/final), `layernorm`."""
-    name = norm.type + (f"_{norm.fn}" if norm.get("fn") not in (None, "tanh") else "")
+def norm_label(norm: DictConfig, native: str = NATIVE) -> str:
+    """`dyt-a0.5`, `dyt_hardtanh-a0.5`, `dyt-a0.8/0.2/0.2` (attn/ffn/final), `layernorm`; for `native`, the
+    kind of norm the model came with."""
+    if norm.type == NATIVE:
+        return native
+    name = norm.type + (f"_{norm.fn}" if norm.type == "dyt" and norm.get("fn") not in (None, "tanh") else "")
     if norm.get("learn_alpha") is False:
         name += "_fixed"
     if norm.type not in ("dyt", "derf"):
@@ -61,6 +64,14 @@ def _init_from(model, source: str) -> None:
              f" ({', '.join(fresh[:6])}{' …' if len(fresh) > 6 else ''})" if fresh else "")
 
 
+def native_norm(model) -> str:
+    """The kind of norm a model was built with (`layernorm`, `rmsnorm`, …), as `dyt.convert` sees it."""
+    from dyt.convert import NormInfo, describe_norm
+
+    kinds = {info.kind for m in model.modules() if isinstance(info := describe_norm(m), NormInfo)}
+    return "+".join(sorted(kinds)) or "none"
+
+
 def _size(dataset) -> str:
     return str(len(dataset)) if hasattr(dataset, "__len__") else "streamed"
 
@@ -71,12 +82,15 @@ def build(cfg: DictConfig):
     from accelerate.utils import set_seed
     from hydra.utils import get_class
 
-    from dyt.convert import convert
+    from dyt.convert import SwapList, convert
 
     task = get_class(cfg.task._target_)(cfg.task)
     set_seed(cfg.seed)
     model = task.build_model()
-    swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
+    if cfg.norm.type == NATIVE:
+        swaps = SwapList()
+    else:
+        swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
     task.adapt_to_norm(model, cfg.norm)
     if cfg.get("init_from"):
         _init_from(model, cfg.init_from)
@@ -87,10 +101,20 @@ def train(cfg: DictConfig) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from .trainer import Trainer
+    from .slurm import export_distributed_env
+    from .sweep import claim_point, current_sweep
+    from .trainer import Trainer, write_json
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep = current_sweep()
+    same_as = claim_point(cfg, sweep, run_dir) if sweep else None
+    if same_as:
+        log.info("this point repeats %s (the norm has no α₀): nothing to train", same_as)
+        result = {"status": "duplicate", "same_as": same_as, "norm": norm_label(cfg.norm), "seed": cfg.seed}
+        write_json(run_dir / "summary.json", result)
+        return {**result, "exit_code": 0}
+    export_distributed_env()
     # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo group
     accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
@@ -99,8 +123,8 @@ def train(cfg: DictConfig) -> dict:
     task, model, swaps = build(cfg)
     train_set, val_set = task.build_data()
     n_params = sum(p.numel() for p in model.parameters())
-    label = norm_label(cfg.norm)
-    group = cfg.get("group") or f"{task.name}-{cfg.task.get('size', 'default')}"
+    label = norm_label(cfg.norm, native=native_norm(model))
+    group = cfg.get("group") or (sweep.dir.name if sweep else f"{task.name}-{cfg.task.get('size', 'default')}")
     run_info = {"task": task.name, "size": cfg.task.get("size"), "norm": label, "norm_type": cfg.norm.type,
                 "alpha_init": OmegaConf.to_container(cfg.norm).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
                 "seed": cfg.seed, "group": group, "params": n_params, "norms_replaced": len(swaps.replaced),
@@ -113,7 +137,10 @@ def train(cfg: DictConfig) -> dict:
         log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes, α decay %s", task.name,
                  n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes,
                  "on" if cfg.trainer.optim.decay_alpha else "off")
-    tracker_args = {"config": OmegaConf.to_container(cfg, resolve=True), "name": f"{label}-s{cfg.seed}",
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if sweep:  # the swept values, as config keys the dashboard can group and filter by
+        config["swept"] = dict(o.split("=", 1) for o in sweep.overrides if "=" in o)
+    tracker_args = {"config": config, "name": f"{label}-s{cfg.seed}",
                     "group": group, "tags": [task.name, cfg.norm.type, label]}
     trainer = Trainer(cfg, task, model, train_set, val_set, accelerator=accelerator, run_dir=run_dir,
                       run_info=run_info, tracker_args=tracker_args)

@@ -41,26 +41,36 @@ class Preempted(Exception):
 
 
 class PreemptionFlag:
-    """SIGTERM and SIGUSR1 (Slurm's warning before preemption or the time limit) only set a flag; the loop
-    saves a checkpoint at the next step boundary and exits."""
+    """SIGTERM, SIGUSR1 and SIGUSR2 (Slurm's warning before preemption or the time limit; submitit asks for
+    USR2) only set a flag; the loop saves a checkpoint at the next step boundary. Then `hand_over` passes the
+    signal to whoever handled it before (submitit requeues the job); with nobody, the trainer requeues itself
+    under Slurm and exits with 128 + the signal number."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.signum = 0
-        self._previous = {}
+        self.previous = {}
 
     def __enter__(self):
         for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._set)
+            self.previous[sig] = signal.signal(sig, self._set)
         return self
 
     def _set(self, signum, _frame):
         self.signum = signum
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
+        for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+    def hand_over(self, signum: int) -> bool:
+        """Call the handler that was installed before ours; True if there was one."""
+        handler = self.previous.get(signum)
+        if callable(handler) and handler not in (signal.default_int_handler,):
+            handler(signum, None)
+            return True
+        return False
 
 
 def gradient_accumulation(tcfg, processes: int) -> int:
@@ -74,7 +84,7 @@ def gradient_accumulation(tcfg, processes: int) -> int:
     return tcfg.global_batch_size // per_step
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1))
     tmp.replace(path)
@@ -152,8 +162,9 @@ class Trainer:
         acc, tcfg = self.accelerator, self.tcfg
         status, error, exit_code = "completed", None, 0
         started = time.time()
+        preemption = PreemptionFlag()
         try:
-            with PreemptionFlag() as preemption:
+            with preemption:
                 self._loop(preemption)
             if acc.is_main_process:
                 self.task.on_run_end(acc.unwrap_model(self.model), self.run_dir, self.tracker)
@@ -164,7 +175,6 @@ class Trainer:
         except Preempted as err:
             status, error, exit_code = "preempted", f"{err} at step {self.step}", 128 + err.signum
             self._checkpoint()
-            self._requeue()
         except BaseException as err:
             status, error, exit_code = "failed", f"{type(err).__name__}: {err}", 1
             self._write_summary(status, error, time.time() - started)
@@ -172,6 +182,8 @@ class Trainer:
             raise
         summary = self._write_summary(status, error, time.time() - started)
         self.tracker.finish(exit_code=exit_code)
+        if status == "preempted" and not preemption.hand_over(preemption.signum):
+            self._requeue()
         summary["exit_code"] = exit_code
         return summary
 
@@ -339,7 +351,7 @@ class Trainer:
                          "higher_is_better": headline.higher_is_better},
         }
         if self.accelerator.is_main_process:
-            _write_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / "summary.json", summary)
             self.tracker.summary({"status": status, "steps": self.step, "headline": final})
         return summary
 
