@@ -12,6 +12,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 # size → (timm model name, overrides); CPU sizes are shaped for 28×28 digits
@@ -40,9 +41,6 @@ class ImageClassification(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        family = SIZES[cfg.family]
-        if cfg.size not in family:
-            raise ValueError(f"task.size={cfg.size!r} is unknown for {cfg.family}; known: {', '.join(family)}")
         self.embedded = not cfg.data.root
         self.channels = 1 if self.embedded else 3
         self.num_classes = 10 if self.embedded else cfg.data.num_classes
@@ -53,6 +51,16 @@ class ImageClassification(Task):
 
             self.mixup = Mixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix,
                                label_smoothing=augment.label_smoothing, num_classes=self.num_classes)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.size not in SIZES[cfg.family]:
+            raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.family}; known: {', '.join(SIZES[cfg.family])}")
+        if cfg.data.root:
+            for split in ("train", "val"):
+                if not (Path(cfg.data.root) / split).is_dir():
+                    raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
+                                      f"needs train/<class>/<image> and val/<class>/<image>")
 
     def build_model(self) -> torch.nn.Module:
         name, preset = SIZES[self.cfg.family][self.cfg.size]
@@ -88,9 +96,6 @@ class ImageClassification(Task):
         from timm.data import create_transform
         from torchvision.datasets import ImageFolder
 
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise FileNotFoundError(f"task.data.root={root} has no {split}/ folder (ImageFolder layout: {split}/<class>/<image>)")
         augment = self.cfg.augment
         train_tf = create_transform(self.image_size, is_training=True, auto_augment=augment.randaug or None,
                                     re_prob=augment.random_erasing, interpolation="bicubic")

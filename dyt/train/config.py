@@ -161,3 +161,13 @@ def validate(cfg: DictConfig) -> None:
     if trainer.optim.lr <= 0:
         raise ConfigError(f"trainer.optim.lr={trainer.optim.lr} must be > 0")
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True), "init_from": cfg.get("init_from")}, "")
+    _task_class(cfg.task).check_config(cfg.task)
+
+
+def _task_class(task: DictConfig):
+    from hydra.utils import get_class
+
+    try:
+        return get_class(task._target_)
+    except Exception as err:  # noqa: BLE001 — an import error in the task module, or a wrong name
+        raise ConfigError(f"task._target_={task._target_} cannot be imported ({type(err).__name__}: {err})") from None

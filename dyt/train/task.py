@@ -29,6 +29,11 @@ class Task:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """Raise dyt.train.config.ConfigError (one line: the key and the fix) for a task section that cannot
+        run — e.g. a data folder without its expected layout. Called before any work starts."""
+
     @property
     def name(self) -> str:
         return self.cfg.name

@@ -1,0 +1,57 @@
+"""The image classification task: the embedded digits, a real ImageFolder tree, and ConvNeXt's layout."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.mnist import mnist_digits, split_indices
+from tests.helpers import run_train, summary
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=6, size=36):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (label + 1)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_embedded_split_is_deterministic_stratified_and_disjoint():
+    _, labels = mnist_digits()
+    train, val = split_indices(labels, 0.1)
+    again_train, again_val = split_indices(labels, 0.1)
+    assert train.tolist() == again_train.tolist() and val.tolist() == again_val.tolist()
+    assert len(train) + len(val) == 5000 and not set(train.tolist()) & set(val.tolist())
+    per_class = np.bincount(labels[val].numpy(), minlength=10)
+    assert per_class.min() >= 40 and per_class.sum() == 500
+
+
+def test_image_folder_with_the_paper_augmentations_and_ema(tmp_path):
+    root = _image_folder(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}", "task.data.num_classes=2",
+              "task.data.image_size=28", "task.augment.randaug=rand-m9-mstd0.5-inc1", "task.augment.mixup=0.8",
+              "task.augment.cutmix=1.0", "task.augment.label_smoothing=0.1", "task.augment.random_erasing=0.25",
+              "trainer.ema_decay=0.9", "trainer.batch_size=4", "trainer.max_steps=3", "trainer.eval_every=3")
+    result = summary(run_dir)
+    assert result["status"] == "completed" and 0 <= result["headline"]["value"] <= 1
+
+
+def test_image_folder_without_a_split_fails_clearly(tmp_path):
+    (tmp_path / "images" / "train" / "a").mkdir(parents=True)
+    result = run_train(tmp_path / "run", "task=vit", "task.size=debug", f"task.data.root={tmp_path / 'images'}",
+                       "trainer.max_steps=1", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "has no val/ folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("norm, layer", [("dyt", "DynamicTanh"), ("layernorm", "LayerNorm2d")])
+def test_convnext_runs_with_channels_first_norms(tmp_path, norm, layer):
+    run_train(tmp_path, "task=convnext", "task.size=debug", f"norm={norm}", "trainer.max_steps=2",
+              "trainer.batch_size=8", "trainer.max_eval_batches=1")
+    norms = (tmp_path / "norms.txt").read_text()
+    assert layer in norms and "channels_first" in norms
+    assert summary(tmp_path)["status"] == "completed"
