@@ -1,0 +1,257 @@
+"""Speech for self-supervised pretraining: the embedded synthesised set, audio folders, and wav2vec 2.0's
+length batching.
+
+Embedded default: sentences of the English Wikipedia extract shipped in gensim's test data
+(gensim/test/test_data/enwiki-latest-pages-articles1…-shortened.bz2; Wikipedia text, CC BY-SA), spoken by
+eSpeak NG (GPL-3.0, from the espeakng-loader wheel) with several voices, rates and pitches, resampled from
+22.05 to 16 kHz and cached as one .npz, so only the first run synthesises.
+Real data: LibriSpeech in its standard layout (<root>/<subset>/<speaker>/<chapter>/*.flac), or any folder
+of audio files per split (a `datasets` AudioFolder tree: <root>/train/…, <root>/validation/…).
+"""
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.signal import resample_poly
+from torch.utils.data import Dataset
+
+SAMPLE_RATE = 16_000
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3")
+# English voices (with eSpeak NG's male/female variants), speaking rates (words per minute) and pitches
+VOICES = ("en-us", "en-us+f2", "en", "en+f3", "en-gb-x-rp+m3", "en-gb-scotland+f4", "en-029+m2", "en-us-nyc+f1")
+RATES = (140, 215)
+PITCHES = (30, 75)
+_VERSION = 1  # bump when synthesis changes: the cache key holds it
+
+
+def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    if rate == target:
+        return audio.astype(np.float32)
+    g = gcd(rate, target)
+    return resample_poly(audio.astype(np.float32), target // g, rate // g, axis=-1).astype(np.float32)
+
+
+def speak(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> np.ndarray:
+    """`text` spoken by eSpeak NG: float32 samples at 16 kHz in the int16 range."""
+    from .espeak import SAMPLE_RATE as ESPEAK_RATE, synthesize
+
+    return resample(synthesize(text, voice, rate, pitch), ESPEAK_RATE)
+
+
+@cache
+def wikipedia_sentences() -> tuple[str, ...]:
+    """Plain sentences (5–25 words, letters, digits and simple punctuation) of the Wikipedia extract in
+    gensim's test data, in article order, without repeats."""
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    from gensim.test.utils import datapath
+
+    plain = re.compile(r"[A-Z][A-Za-z0-9 ,;:'%-]*[a-z]\.")
+    sentences = {}
+    with bz2.open(datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")) as dump:
+        for _title, text, _page in extract_pages(dump):
+            for line in filter_wiki(text).splitlines():
+                line = " ".join(line.replace("'''", "").replace("''", "").split())
+                if not line or line[0] in "=*#|!{:;":  # headings, lists, tables
+                    continue
+                for sentence in re.split(r"(?<=[.!?])\s+", line):
+                    if plain.fullmatch(sentence) and 5 <= len(sentence.split()) <= 25:
+                        sentences[sentence] = None
+    return tuple(sentences)
+
+
+@dataclass
+class SpeechSet:
+    """Utterances (int16 samples at `sample_rate`) with what was said and how."""
+
+    audio: list[np.ndarray]
+    text: list[str]
+    voice: list[str]
+    rate: list[int]
+    pitch: list[int]
+    sample_rate: int = SAMPLE_RATE
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.audio[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(a) for a in self.audio]
+
+
+def _synthesise(sentences, rng: np.random.Generator) -> SpeechSet:
+    speech = SpeechSet([], [], [], [], [])
+    for text in sentences:
+        voice = str(rng.choice(VOICES))
+        rate, pitch = int(rng.integers(*RATES, endpoint=True)), int(rng.integers(*PITCHES, endpoint=True))
+        audio = np.clip(np.round(speak(text, voice, rate, pitch)), -32768, 32767).astype(np.int16)
+        for field, value in zip(("audio", "text", "voice", "rate", "pitch"), (audio, text, voice, rate, pitch)):
+            getattr(speech, field).append(value)
+    return speech
+
+
+def _save(path: Path, sets: dict[str, SpeechSet]) -> None:
+    arrays = {}
+    for split, s in sets.items():
+        arrays[f"{split}_audio"] = np.concatenate(s.audio)
+        arrays[f"{split}_offsets"] = np.cumsum([0, *s.lengths])
+        for field in ("text", "voice", "rate", "pitch"):
+            arrays[f"{split}_{field}"] = np.asarray(getattr(s, field))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, **arrays)
+    tmp.replace(path)  # atomic: a killed run never leaves half a cache
+
+
+def _load(path: Path, splits) -> dict[str, SpeechSet]:
+    with np.load(path) as z:
+        out = {}
+        for split in splits:
+            audio, offsets = z[f"{split}_audio"], z[f"{split}_offsets"]
+            out[split] = SpeechSet([audio[a:b] for a, b in zip(offsets[:-1], offsets[1:])],
+                                   *(z[f"{split}_{f}"].tolist() for f in ("text", "voice", "rate", "pitch")))
+    return out
+
+
+def synthetic_speech(cache_dir: str | Path, train_sentences: int, val_sentences: int, seed: int = 0
+                     ) -> tuple[SpeechSet, SpeechSet]:
+    """(train, val) synthesised speech, from disjoint sentences; cached under `cache_dir` (~ expanded), so
+    a second call with the same arguments reads the file and synthesises nothing."""
+    settings = {"version": _VERSION, "train": train_sentences, "val": val_sentences, "seed": seed,
+                "voices": VOICES, "rates": RATES, "pitches": PITCHES}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache_dir).expanduser() / "speech" / f"espeak-{train_sentences}+{val_sentences}-s{seed}-{key}.npz"
+    if not path.exists():
+        sentences = list(wikipedia_sentences())
+        if train_sentences + val_sentences > len(sentences):
+            raise ValueError(f"the text source has {len(sentences)} sentences, fewer than "
+                             f"{train_sentences} + {val_sentences} asked for")
+        rng = np.random.default_rng(seed)
+        chosen = [sentences[i] for i in rng.permutation(len(sentences))[:train_sentences + val_sentences]]
+        _save(path, {"val": _synthesise(chosen[:val_sentences], rng),
+                     "train": _synthesise(chosen[val_sentences:], rng)})
+    sets = _load(path, ("train", "val"))
+    return sets["train"], sets["val"]
+
+
+# ---------------------------------------------------------------- audio folders
+
+
+class AudioFiles:
+    """The audio files under some folders, read on demand as float32 mono at 16 kHz (int16 range). Their
+    lengths come from a manifest cached under `cache_dir`, as fairseq's wav2vec manifests hold them."""
+
+    def __init__(self, folders: list[Path], cache_dir: str | Path):
+        self.paths, self.lengths = [], []
+        for folder in folders:
+            paths, lengths = self._manifest(Path(folder), Path(cache_dir).expanduser() / "manifests")
+            self.paths += paths
+            self.lengths += lengths
+
+    @staticmethod
+    def _manifest(folder: Path, cache: Path) -> tuple[list[str], list[int]]:
+        import soundfile
+
+        folder = folder.resolve()
+        path = cache / f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}.tsv"
+        if path.exists():
+            rows = [line.split("\t") for line in path.read_text().splitlines()]
+            return [str(folder / p) for p, _ in rows], [int(n) for _, n in rows]
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        infos = [soundfile.info(str(p)) for p in files]
+        lengths = [info.frames * SAMPLE_RATE // info.samplerate for info in infos]
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{p.relative_to(folder)}\t{n}\n" for p, n in zip(files, lengths)))
+        tmp.replace(path)
+        return [str(p) for p in files], lengths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        import soundfile
+
+        audio, rate = soundfile.read(self.paths[index], dtype="int16", always_2d=True)
+        return resample(audio.mean(axis=1), rate)
+
+
+def audio_folders(root: str | Path, subsets, cache_dir) -> AudioFiles:
+    root = Path(root).expanduser()
+    folders = [root / s for s in subsets]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no folder {', '.join(missing)}: task.data.root must hold the subsets named in "
+                                f"task.data.train and task.data.val (LibriSpeech: train-clean-100 …, dev-clean …)")
+    files = AudioFiles(folders, cache_dir)
+    if not len(files):
+        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, folders))}")
+    return files
+
+
+# ---------------------------------------------------------------- wav2vec 2.0's batches
+
+
+def length_batches(lengths, max_tokens: int, max_sample_size: int, min_sample_size: int) -> list[list[int]]:
+    """fairseq's batching for wav2vec 2.0: utterances shorter than `min_sample_size` dropped, the rest
+    sorted by length and grouped so that (batch size × longest, capped at `max_sample_size`) ≤ `max_tokens`."""
+    batches, batch, longest = [], [], 0
+    for i in np.argsort(lengths, kind="stable"):
+        if lengths[i] < min_sample_size:
+            continue
+        size = min(lengths[i], max_sample_size)
+        if batch and max(longest, size) * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(int(i))
+        longest = max(longest, size)
+    return batches + ([batch] if batch else [])
+
+
+class LengthBatches(Dataset):
+    """One item is one batch of utterances of similar length (see `length_batches`), each cropped to the
+    batch's shortest (at most `max_sample_size`) at a random offset, as fairseq's wav2vec 2.0 does without
+    padding; `fixed_crops` makes the offsets a function of the batch (validation)."""
+
+    def __init__(self, utterances, lengths, *, max_tokens: int, max_sample_size: int, min_sample_size: int,
+                 normalize: bool, fixed_crops: bool):
+        self.utterances, self.normalize, self.fixed_crops = utterances, normalize, fixed_crops
+        self.max_sample_size = max_sample_size
+        self.batches = length_batches(lengths, max_tokens, max_sample_size, min_sample_size)
+        if not self.batches:
+            raise ValueError(f"no utterance is at least task.data.min_sample_size={min_sample_size} samples long")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        waves = [torch.as_tensor(self.utterances[i], dtype=torch.float32) / 32768 for i in self.batches[index]]
+        if self.normalize:  # zero mean, unit variance per utterance (fairseq's `normalize`, Large)
+            waves = [F.layer_norm(w, w.shape) for w in waves]
+        size = min(self.max_sample_size, *(len(w) for w in waves))
+        generator = torch.Generator().manual_seed(index) if self.fixed_crops else None
+        starts = [int(torch.randint(len(w) - size + 1, (), generator=generator)) for w in waves]
+        crops = torch.stack([w[s:s + size] for w, s in zip(waves, starts)])
+        return {"input_values": crops, "index": torch.full((len(crops),), index)}
+
+
+def collate_batches(items: list[dict]) -> dict:
+    """Items are whole batches: normally one per step (trainer.batch_size=1); several are cropped to the
+    shortest and joined."""
+    size = min(item["input_values"].shape[-1] for item in items)
+    return {"input_values": torch.cat([item["input_values"][:, :size] for item in items]),
+            "index": torch.cat([item["index"] for item in items])}

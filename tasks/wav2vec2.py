@@ -1,0 +1,163 @@
+"""wav2vec 2.0 self-supervised pretraining (the paper's Table 5): transformers' Wav2Vec2ForPreTraining built from
+a config, trained as fairseq's recipe does.
+
+Spans of the latent frames are masked (`_compute_mask_indices`: p = 0.65, length 10, at least 2 spans), 100
+negatives are drawn from the masked frames of the same utterance (`_sample_negative_indices`), and the loss
+is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss + 10 × the L2 penalty on
+the conv features, with the Gumbel temperature annealed per update (`set_step`). Losses are reported as
+fairseq logs them and the paper quotes them: summed over the masked frames, divided by their number, in
+bits (log base 2).
+
+Norms: the first norm of the conv feature extractor (Base's GroupNorm, Large's first conv LayerNorm) is
+kept, as in the paper; every other LayerNorm (Transformer blocks, the encoder's LayerNorm, the feature
+projection's, Large's other conv LayerNorms) becomes the chosen norm.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+from dyt.train.task import Headline, Task
+
+from .data import speech
+
+# Architectures. Base is fairseq's (post-LN, GroupNorm in the first conv layer, no conv bias): transformers'
+# Wav2Vec2Config defaults. Large is pre-LN (`do_stable_layer_norm`) with a LayerNorm in every conv layer.
+SIZES = {
+    "debug": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                  num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32),
+    "cpu": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                conv_dim=(64,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=8,
+                num_codevectors_per_group=64, codevector_dim=64, proj_codevector_dim=64),
+    "base": dict(),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, codevector_dim=768,
+                  proj_codevector_dim=768),
+}
+
+
+@contextmanager
+def numpy_seed(seed: int):
+    """transformers' mask and negative samplers draw from numpy's global RNG: fix it for a block."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+class Wav2Vec2Pretraining(Task):
+    headline = Headline("val/loss", higher_is_better=False)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.size not in SIZES:
+            raise ValueError(f"task.size={cfg.size!r} is unknown; known: {', '.join(SIZES)}")
+        defaults = Wav2Vec2Config()  # its fields are typed: `task.model.layerdrop=0` must reach it as 0.0
+        overrides = {k: float(v) if isinstance(getattr(defaults, k, None), float) and isinstance(v, int) else v
+                     for k, v in OmegaConf.to_container(cfg.model).items()}
+        self.config = Wav2Vec2Config(**{**SIZES[cfg.size], **overrides})
+        self.norm_exclude = tuple(cfg.keep_norms)
+        # pre-LN (Large): the encoder's LayerNorm comes after the last block although it is registered before
+        self.norm_roles = {r"encoder\.layer_norm$": "final"} if self.config.do_stable_layer_norm else None
+        self.temperature = cfg.gumbel.max
+        self.model = None
+        self._captured: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------ model
+
+    def build_model(self) -> Wav2Vec2ForPreTraining:
+        model = Wav2Vec2ForPreTraining(self.config)
+        model.set_gumbel_temperature(self.temperature)
+        model.wav2vec2.feature_extractor.register_forward_hook(self._conv_features)
+        model.quantizer.weight_proj.register_forward_hook(self._code_logits)
+        self.model = model
+        return model
+
+    def _conv_features(self, _module, _inputs, features):
+        """fairseq's feature_grad_mult (the conv encoder's gradient scaled, 0.1 for Base) and its L2
+        penalty on the conv features."""
+        mult = self.cfg.feature_grad_mult
+        if mult != 1:
+            features = features.detach() + mult * (features - features.detach())
+        self._captured["feature_pen"] = features.float().pow(2).mean()
+        return features
+
+    def _code_logits(self, _module, _inputs, logits):
+        self._captured["code_logits"] = logits
+
+    def set_step(self, step: int, max_steps: int) -> None:
+        """fairseq's Gumbel temperature: max(max · decay^step, min); decay null anneals to min at the end."""
+        g = self.cfg.gumbel
+        decay = g.decay if g.decay is not None else (g.min / g.max) ** (1 / max(1, max_steps - 1))
+        self.temperature = max(g.max * decay**step, g.min)
+        self.model.set_gumbel_temperature(self.temperature)
+
+    # ------------------------------------------------------------ data
+
+    def build_data(self):
+        d = self.cfg.data
+        if d.root:
+            train = speech.audio_folders(d.root, d.train, d.cache_dir)
+            val = speech.audio_folders(d.root, d.val, d.cache_dir)
+        else:
+            train, val = speech.synthetic_speech(d.cache_dir, d.train_sentences, d.val_sentences, d.seed)
+        batches = dict(max_tokens=d.max_tokens, max_sample_size=d.max_sample_size,
+                       min_sample_size=d.min_sample_size, normalize=d.normalize)
+        return (speech.LengthBatches(train, train.lengths, fixed_crops=False, **batches),
+                speech.LengthBatches(val, val.lengths, fixed_crops=True, **batches))
+
+    collate_fn = staticmethod(speech.collate_batches)
+
+    def count(self, batch):
+        """(utterances, audio samples): tokens_per_s is audio samples per second."""
+        return batch["input_values"].shape[0], batch["input_values"].numel()
+
+    # ------------------------------------------------------------ loss
+
+    def _losses(self, model, batch) -> dict[str, torch.Tensor]:
+        waves = batch["input_values"]
+        n, frames = waves.shape[0], int(self.model._get_feat_extract_output_lengths(waves.shape[1]))
+        c = self.config
+        mask = _compute_mask_indices((n, frames), c.mask_time_prob, c.mask_time_length, min_masks=c.mask_time_min_masks)
+        negatives = _sample_negative_indices((n, frames), c.num_negatives, mask)
+        mask = torch.from_numpy(mask).to(waves.device)
+        out = model(waves, mask_time_indices=mask, sampled_negative_indices=torch.from_numpy(negatives).to(waves.device))
+        # codebook perplexities over the masked frames: of the softmax (fairseq's prob_perplexity, which
+        # the diversity loss uses, in training and validation alike) and of the chosen codes
+        groups, entries = c.num_codevector_groups, c.num_codevectors_per_group
+        logits = self._captured.pop("code_logits").float().view(n * frames, groups, entries)
+        perplexity = self.model.quantizer._compute_perplexity
+        prob_ppl = perplexity(logits.softmax(-1), mask)
+        code_ppl = perplexity(F.one_hot(logits.argmax(-1), entries).float(), mask)
+        masked = mask.sum()
+        diversity = (groups * entries - prob_ppl) / (groups * entries)
+        feature_pen = self._captured.pop("feature_pen")
+        contrastive = out.contrastive_loss / masked
+        total = contrastive + c.diversity_loss_weight * diversity + self.cfg.feature_penalty * feature_pen
+        return {"loss": total / math.log(2), "contrastive": contrastive / math.log(2), "diversity": diversity,
+                "feature_pen": feature_pen, "prob_ppl": prob_ppl, "code_ppl": code_ppl, "masked": masked}
+
+    def loss(self, model, batch):
+        losses = self._losses(model, batch)
+        metrics = {k: float(losses[k].detach()) for k in ("contrastive", "prob_ppl", "code_ppl", "feature_pen")}
+        return losses["loss"], {**metrics, "temperature": self.temperature}
+
+    def eval_step(self, model, batch):
+        with numpy_seed(int(batch["index"][0])):  # the same masks and negatives at every evaluation
+            losses = self._losses(model, batch)
+        masked = losses.pop("masked")
+        return {"masked": masked, **{f"{k}_sum": v * masked for k, v in losses.items()}}
+
+    def eval_metrics(self, totals):
+        """Averages per masked frame (the perplexities: of each batch, weighted by its masked frames)."""
+        return {k.removesuffix("_sum"): v / totals["masked"] for k, v in totals.items() if k.endswith("_sum")}

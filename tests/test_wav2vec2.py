@@ -1,0 +1,152 @@
+"""wav2vec 2.0: the synthesised speech, fairseq's batching, the published model sizes, the norms the paper
+keeps, and a tiny run end to end."""
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from dyt import DynamicTanh, convert
+from dyt.train.config import register_schemas
+from tasks.data import speech
+from tasks.wav2vec2 import Wav2Vec2Pretraining
+from tests.helpers import ROOT, run_train, summary
+
+register_schemas()
+
+
+def task_config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=["task=wav2vec2", *overrides])
+
+
+def test_synthesised_speech_is_16khz_speech_that_grows_with_the_words_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train, val = speech.synthetic_speech("~/cache", 6, 2, seed=0)
+    assert (tmp_path / "cache" / "speech").is_dir()  # ~ expanded
+    assert len(train) == 6 and len(val) == 2 and not set(train.text) & set(val.text)
+    assert train.sample_rate == val.sample_rate == 16_000
+    assert len(set(train.voice + val.voice)) > 1
+    for audio in train.audio + val.audio:
+        assert audio.dtype == np.int16
+        assert np.sqrt(np.mean(audio.astype(float) ** 2)) > 500  # speech, not silence
+    # resampled from eSpeak NG's 22.05 kHz: 16/22.05 as many samples
+    from tasks.data.espeak import SAMPLE_RATE, synthesize
+
+    raw = synthesize("The quick brown fox jumps over the lazy dog.")
+    assert SAMPLE_RATE == 22_050
+    assert len(speech.resample(raw, SAMPLE_RATE)) == pytest.approx(len(raw) * 16_000 / 22_050, abs=1)
+    assert len(speech.speak("The quick brown fox jumps over the lazy dog.")) == pytest.approx(len(raw) * 16_000 / 22_050, rel=0.03)
+    # duration grows with the words spoken, at a fixed voice and rate
+    words = "the committee approved the budget for the new library after a long debate".split()
+    durations = [len(speech.speak(" ".join(words[:n]) + ".")) / 16_000 for n in (2, 6, 13)]
+    assert durations[0] < durations[1] < durations[2] and durations[2] > 2.5 * durations[0]
+    # and across the set, with the rate each utterance was spoken at
+    spoken = [len(t.split()) / r for t, r in zip(train.text, train.rate)]
+    assert np.corrcoef(spoken, train.lengths)[0, 1] > 0.8
+
+    # cached: the second call synthesises nothing and returns the same audio
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesised again")
+
+    monkeypatch.setattr(speech, "speak", no_synthesis)
+    again, _ = speech.synthetic_speech(tmp_path / "cache", 6, 2, seed=0)
+    assert again.text == train.text and all(np.array_equal(a, b) for a, b in zip(again.audio, train.audio))
+
+
+def test_length_batches_as_fairseq_forms_them():
+    lengths = [5_000, 40_000, 12_000, 41_000, 100_000, 11_000, 39_000]
+    batches = speech.length_batches(lengths, max_tokens=90_000, max_sample_size=60_000, min_sample_size=10_000)
+    assert sorted(i for b in batches for i in b) == [1, 2, 3, 4, 5, 6]  # the 5,000-sample one is skipped
+    for batch in batches:
+        assert len(batch) * min(max(lengths[i] for i in batch), 60_000) <= 90_000
+    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # by length
+
+    utterances = [np.full(n, 1000, np.int16) + np.arange(n, dtype=np.int16) % 7 for n in lengths]
+    make = dict(max_tokens=90_000, max_sample_size=60_000, min_sample_size=10_000, normalize=False)
+    val = speech.LengthBatches(utterances, lengths, fixed_crops=True, **make)
+    train = speech.LengthBatches(utterances, lengths, fixed_crops=False, **make)
+    for i in range(len(val)):
+        x = val[i]["input_values"]
+        assert x.shape == (len(val.batches[i]), min(60_000, min(lengths[j] for j in val.batches[i])))
+        assert torch.equal(x, val[i]["input_values"])  # validation crops are the same every time
+    torch.manual_seed(0)
+    assert any(not torch.equal(train[i]["input_values"], train[i]["input_values"]) for i in range(len(train)))
+    batch = speech.collate_batches([val[0], val[1]])  # batches joined: cropped to the shortest
+    assert batch["input_values"].shape[0] == len(val.batches[0]) + len(val.batches[1])
+
+
+@pytest.mark.parametrize("size, published, stable, kept, replaced", [
+    ("base", 95e6, False, "GroupNorm", 2 + 2 * 12),
+    ("large", 317e6, True, "LayerNorm", 6 + 2 + 2 * 24),
+])
+def test_base_and_large_have_the_published_sizes_and_keep_the_first_conv_norm(size, published, stable, kept, replaced):
+    task = Wav2Vec2Pretraining(task_config(f"task.size={size}").task)
+    with torch.device("meta"):
+        model = task.build_model()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(published, rel=0.02)
+    assert model.config.do_stable_layer_norm is stable  # Base post-LN, Large pre-LN
+    swaps = convert(model, "dyt", roles=task.norm_roles, exclude=task.norm_exclude)
+    assert [(s.path, s.old) for s in swaps.skipped] == [("wav2vec2.feature_extractor.conv_layers.0.layer_norm", kept)]
+    assert len(swaps.replaced) == replaced
+    first = model.wav2vec2.feature_extractor.conv_layers[0].layer_norm
+    assert sum(isinstance(m, DynamicTanh) for m in model.modules()) == replaced
+    assert not any(type(m) is nn.LayerNorm for m in model.modules() if m is not first)
+    final = {s.path: s.role for s in swaps}["wav2vec2.encoder.layer_norm"]
+    assert final == ("final" if stable else "ffn")  # pre-LN: the encoder's LayerNorm closes the stack
+
+
+def test_gumbel_temperature_follows_fairseq_schedule():
+    task = Wav2Vec2Pretraining(task_config("task.size=debug", "task.gumbel.decay=0.99").task)
+    model = task.build_model()
+    task.set_step(0, 1000)
+    assert model.quantizer.temperature == 2.0
+    task.set_step(100, 1000)
+    assert model.quantizer.temperature == pytest.approx(2.0 * 0.99**100)
+    task.set_step(999, 1000)
+    assert model.quantizer.temperature == 0.5
+    annealed = Wav2Vec2Pretraining(task_config("task.size=debug").task)  # decay null: min at the last step
+    annealed.build_model()
+    annealed.set_step(500, 1001)
+    assert annealed.temperature == pytest.approx(1.0)
+    annealed.set_step(1000, 1001)
+    assert annealed.temperature == pytest.approx(0.5)
+
+
+def test_debug_run_reports_loss_in_bits_per_masked_frame_and_codebook_perplexity(tmp_path):
+    cache = tmp_path / "cache"
+    run_train(tmp_path / "run", "task=wav2vec2", "task.size=debug", "norm=dyt", "task.data.train_sentences=6",
+              "task.data.val_sentences=2", "trainer.max_steps=2", "trainer.eval_every=2", timeout=300,
+              DYT_CACHE_DIR=str(cache), OMP_NUM_THREADS="1")  # one thread: far faster on a shared CPU
+    result = summary(tmp_path / "run")
+    assert result["status"] == "completed"
+    final = result["final"]
+    # near chance at the start: InfoNCE over 1 positive + 100 negatives is about log2(101) bits
+    assert 0.5 * np.log2(101) < final["val/contrastive"] < 1.5 * np.log2(101)
+    assert final["val/loss"] >= final["val/contrastive"]
+    assert 1 <= final["val/code_ppl"] <= 2 * 32 and 1 <= final["val/prob_ppl"] <= 2 * 32
+    norms = (tmp_path / "run" / "norms.txt").read_text()
+    assert "GroupNorm kept" in norms and "DynamicTanh" in norms
+    assert list((cache / "speech").glob("*.npz"))
+
+
+def test_librispeech_layout_is_read_resampled_and_batched(tmp_path):
+    import soundfile
+
+    root = tmp_path / "LibriSpeech"
+    rng = np.random.default_rng(0)
+    for subset, rate, seconds in (("train-clean-100", 16_000, (2.0, 2.5, 3.0)), ("dev-clean", 22_050, (2.0,))):
+        folder = root / subset / "19" / "198"
+        folder.mkdir(parents=True)
+        for k, s in enumerate(seconds):
+            tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(s * rate)) / rate) + 0.01 * rng.standard_normal(int(s * rate))
+            soundfile.write(folder / f"19-198-{k:04d}.flac", tone, rate)
+    cfg = task_config("task.size=debug", f"task.data.root={root}", "task.data.train=[train-clean-100]",
+                      "task.data.val=[dev-clean]", f"task.data.cache_dir={tmp_path / 'cache'}",
+                      "task.data.max_tokens=200000", "task.data.max_sample_size=40000")
+    train, val = Wav2Vec2Pretraining(cfg.task).build_data()
+    assert len(train) == 1 and train.batches == [[0, 1, 2]]
+    assert train[0]["input_values"].shape == (3, 32_000)  # cropped to the shortest
+    assert val[0]["input_values"].shape == (1, 32_000)  # 2 s at 22.05 kHz, resampled to 16 kHz
+    assert 0.1 < val[0]["input_values"].abs().max() < 0.5
+    assert len(list((tmp_path / "cache" / "manifests").glob("*.tsv"))) == 2
