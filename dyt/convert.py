@@ -25,8 +25,8 @@ ROLES = ("attn", "ffn", "final")
 NORM_TYPES = ("dyt", "derf", "layernorm", "rmsnorm", "identity")
 # options each target type accepts on top of the layer's own layout / affine / bias
 _TYPE_OPTIONS = {
-    "dyt": {"fn", "learn_alpha", "alpha_per_channel"},
-    "derf": {"learn_alpha", "alpha_per_channel", "shift_init"},
+    "dyt": {"fn", "learn_alpha", "alpha_per_channel", "kernel"},
+    "derf": {"learn_alpha", "alpha_per_channel", "shift_init", "kernel"},
     "layernorm": {"eps"},
     "rmsnorm": {"eps"},
     "identity": set(),
@@ -331,7 +331,7 @@ def build_norm(norm_type: str, info: NormInfo, alpha: float | None, options: Map
     shape = info.shape if channels_last else info.shape[-1]
     if norm_type in ("dyt", "derf"):
         cls = SQUASHING_CLASSES["erf" if norm_type == "derf" else options.get("fn", "tanh")]
-        extra = {k: options[k] for k in ("learn_alpha", "alpha_per_channel", "shift_init") if k in options}
+        extra = {k: options[k] for k in ("learn_alpha", "alpha_per_channel", "shift_init", "kernel") if k in options}
         return cls(shape, alpha, channels_last, affine, bias, **extra, **factory)
     if norm_type == "layernorm":
         cls = nn.LayerNorm if channels_last else LayerNorm2d
@@ -373,7 +373,8 @@ def convert(
     Args:
         norm: "dyt", "derf", "layernorm", "rmsnorm" or "identity", or a mapping / config with `type`,
             `alpha_init` and options (for dyt: `fn` tanh | hardtanh | sigmoid, `learn_alpha`,
-            `alpha_per_channel`; derf: `shift_init`; all: `elementwise_affine`, `bias`, `channels_last`).
+            `alpha_per_channel`, `kernel` (see `dyt.kernels`); derf: `shift_init`, `kernel`; all:
+            `elementwise_affine`, `bias`, `channels_last`).
         alpha_init: α₀ (default 0.5): a number, "auto" (from each layer's width by the paper's LLM
             table, see `auto_alpha`), or per role {attn, ffn, final}.
         roles: regex → role mapping or a callable path → role, before the defaults of `default_roles`.
@@ -391,7 +392,11 @@ def convert(
     found: list[tuple[str, nn.Module, NormInfo]] = []
     skipped: dict[str, Swap] = {}
     for path, module in model.named_modules():
-        if not path or _is_target(module, norm_type, options):
+        if not path:
+            continue
+        if _is_target(module, norm_type, options):
+            if norm_type != "identity":  # so that a model already in the requested norm reports its norms
+                skipped[path] = Swap(path, None, type(module).__name__, None, reason=f"already {norm_type}")
             continue
         info = describe_norm(module)
         if info is None:

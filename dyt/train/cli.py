@@ -19,10 +19,15 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
                 "--experimental-rerun"}
 
 
+_UNSAFE = str.maketrans({os.sep: "_", ",": "_", "=": ":", " ": "_", "{": None, "}": None, "[": None, "]": None,
+                         "'": None, '"': None, "~": "_", "#": "_", ";": "_"})
+
+
 def run_dirname(overrides: str) -> str:
-    """A folder name from Hydra's override string: the same command always gets the same folder (so
-    running it again resumes), any path in it flattened, a long one shortened with a hash."""
-    name = overrides.replace(os.sep, "_") or "default"
+    """A folder name from Hydra's override string (`norm:dyt+seed:1`): the same command always gets the same
+    folder (so running it again resumes); paths and characters an override value cannot hold unquoted are
+    flattened, so the folder can be handed to `init_from=` as it is; a long name is shortened with a hash."""
+    name = overrides.translate(_UNSAFE) or "default"
     if len(name) > 120:
         name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name

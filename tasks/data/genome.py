@@ -1,0 +1,309 @@
+"""DNA data for the HyenaDNA and Caduceus tasks: single-nucleotide tokens, windows of a genome split by
+position, and the coding-vs-intergenic benchmark.
+
+Embedded genome: the complete chromosome of Corynebacterium diphtheriae NCTC11397 (RefSeq NZ_LN831026.1,
+assembly GCF_001457455.1, 2.46 Mbp) that ships as test data inside the pyrodigal wheel (GPL-3.0). Real data:
+any local FASTA through pyfaidx (`fasta_path`), and GenomicBenchmarks datasets from a local folder in their
+published layout (`root`/{train,test}/<class>/<id>.txt, one sequence per file).
+
+Split by position: every contig is cut into blocks of `block` bp and every 1/val_fraction-th block is
+validation. A window never crosses a block edge, so no genome position is in both a training and a
+validation window; pretraining uses the same split, so the validation blocks are never seen at all.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+VOCAB = "ACGTN"  # token ids 0-4; lower case and every other letter map to N
+NUCLEOTIDES = 4  # the language-model heads score A, C, G, T (ids 0-3); positions whose target is N are not scored
+MASK, PAD = 5, 6
+VOCAB_SIZE = 8  # A C G T N MASK PAD and one spare, a multiple of 8 as HyenaDNA pads it
+COMPLEMENT = torch.tensor([3, 2, 1, 0, 4, MASK, PAD, 7])  # A↔T, C↔G; N, MASK, PAD map to themselves
+_CODES = np.full(256, VOCAB.index("N"), dtype=np.uint8)
+for _i, _c in enumerate(VOCAB):
+    _CODES[ord(_c)] = _CODES[ord(_c.lower())] = _i
+
+EMBEDDED_FASTA = "GCF_001457455.1_NCTC11397_genomic.fna.gz"
+Region = tuple[str, int, int]  # contig, start, end (0-based, end exclusive)
+
+
+def encode(sequence: str) -> np.ndarray:
+    """Token ids (uint8) of a nucleotide string."""
+    return _CODES[np.frombuffer(sequence.encode("ascii", "replace"), dtype=np.uint8)]
+
+
+def reverse_complement(tokens: torch.Tensor) -> torch.Tensor:
+    """Reverse complement of token ids along the last dim (batched or not)."""
+    return COMPLEMENT.to(tokens.device)[tokens.flip(-1).long()]
+
+
+# ------------------------------------------------------------------ genomes
+
+
+class Genome:
+    """Contigs by name, with windows as token arrays: the whole sequence in memory (the embedded
+    chromosome), or fetched on demand from an indexed FASTA (pyfaidx writes the .fai next to it)."""
+
+    def __init__(self, contigs: dict):
+        self.contigs = contigs  # name → np.ndarray of tokens, or a pyfaidx record (sliced to str)
+
+    @property
+    def lengths(self) -> dict[str, int]:
+        return {name: len(seq) for name, seq in self.contigs.items()}
+
+    def fetch(self, contig: str, start: int, end: int) -> np.ndarray:
+        window = self.contigs[contig][start:end]
+        return window if isinstance(window, np.ndarray) else encode(str(window))
+
+
+@lru_cache(maxsize=1)
+def embedded_sequence() -> tuple[str, str]:
+    """(record name, sequence) of the C. diphtheriae chromosome in pyrodigal's test data."""
+    path = resources.files("pyrodigal.tests.data") / EMBEDDED_FASTA
+    with path.open("rb") as raw, gzip.open(raw, "rt") as handle:
+        header, *lines = handle.read().strip().split("\n")
+    return header[1:].split()[0], "".join(lines).upper()
+
+
+def embedded_genome() -> Genome:
+    name, sequence = embedded_sequence()
+    return Genome({name: encode(sequence)})
+
+
+def fasta_genome(path: str | Path, contigs=None) -> Genome:
+    """A local FASTA (plain or bgzip) through pyfaidx; `contigs` keeps only the named ones (e.g. [chr1])."""
+    from pyfaidx import Fasta
+
+    fasta = Fasta(str(path), as_raw=True, sequence_always_upper=True)
+    names = list(contigs) if contigs else list(fasta.keys())
+    missing = [n for n in names if n not in fasta]
+    if missing:
+        raise KeyError(f"{path} has no contig {missing[0]!r}; it has {', '.join(list(fasta.keys())[:8])} …")
+    return Genome({name: fasta[name] for name in names})
+
+
+def split_regions(lengths: dict[str, int], block: int, val_fraction: float) -> dict[str, list[Region]]:
+    """Blocks of `block` bp over all contigs in order; every 1/val_fraction-th block is validation."""
+    regions: dict[str, list[Region]] = {"train": [], "val": []}
+    k = 0
+    for name, length in lengths.items():
+        for start in range(0, length, block):
+            is_val = math.floor((k + 1) * val_fraction) > math.floor(k * val_fraction)
+            regions["val" if is_val else "train"].append((name, start, min(start + block, length)))
+            k += 1
+    return regions
+
+
+# ------------------------------------------------------------------ pretraining windows
+
+
+class RandomWindows(Dataset):
+    """Item i: a window of `length` tokens at a position drawn uniformly from `regions`, reverse-complemented
+    with probability `rc_prob`; drawn from (seed, i), so a resumed run sees the same windows."""
+
+    def __init__(self, genome: Genome, regions: list[Region], length: int, size: int, *, seed: int = 0,
+                 rc_prob: float = 0.5):
+        self.genome, self.length, self.size, self.seed, self.rc_prob = genome, length, size, seed, rc_prob
+        self.regions = [r for r in regions if r[2] - r[1] >= length]
+        if not self.regions:
+            raise ValueError(f"no region holds a window of {length} bp; lower the sequence length or raise the "
+                             "block size")
+        self.cumulative = np.cumsum([end - start - length + 1 for _, start, end in self.regions])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        for _ in range(10):  # draw again if the window is mostly N (assembly gaps, centromeres)
+            k = int(rng.integers(self.cumulative[-1]))
+            r = int(np.searchsorted(self.cumulative, k, side="right"))
+            contig, start, _ = self.regions[r]
+            start += k - (int(self.cumulative[r - 1]) if r else 0)
+            tokens = torch.from_numpy(self.genome.fetch(contig, start, start + self.length).astype(np.int64))
+            if (tokens == VOCAB.index("N")).float().mean() < 0.5:
+                break
+        if rng.random() < self.rc_prob:
+            tokens = reverse_complement(tokens)
+        return {"tokens": tokens}
+
+
+class TiledWindows(Dataset):
+    """Non-overlapping windows of `length` tiling `regions` in order, at most `limit` (evenly spread)."""
+
+    def __init__(self, genome: Genome, regions: list[Region], length: int, limit: int | None = None):
+        self.genome = genome
+        self.windows = [(c, s, s + length) for c, start, end in regions for s in range(start, end - length + 1, length)]
+        if limit is not None and len(self.windows) > limit:
+            keep = np.linspace(0, len(self.windows) - 1, limit).round().astype(int)
+            self.windows = [self.windows[k] for k in keep]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"tokens": torch.from_numpy(self.genome.fetch(*self.windows[i]).astype(np.int64))}
+
+
+class MaskedLM(Dataset):
+    """BERT masking of another dataset's windows (`mask_prob` of positions: 80 % MASK, 10 % a random
+    nucleotide, 10 % kept); `targets` is -100 where nothing is predicted. Drawn from (seed, i)."""
+
+    def __init__(self, windows: Dataset, mask_prob: float = 0.15, seed: int = 0):
+        self.windows, self.mask_prob, self.seed = windows, mask_prob, seed
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        tokens = self.windows[i]["tokens"]
+        rng = np.random.default_rng([self.seed, i, 1])
+        draw = torch.from_numpy(rng.random((2, len(tokens))))
+        chosen = draw[0] < self.mask_prob
+        targets = torch.where(chosen, tokens, -100)
+        inputs = torch.where(chosen & (draw[1] < 0.8), MASK, tokens)
+        random = chosen & (draw[1] >= 0.8) & (draw[1] < 0.9)
+        inputs = torch.where(random, torch.from_numpy(rng.integers(0, 4, len(tokens))), inputs)
+        return {"tokens": inputs, "targets": targets}
+
+
+# ------------------------------------------------------------------ coding vs intergenic
+
+
+@lru_cache(maxsize=1)
+def embedded_coding_mask() -> np.ndarray:
+    """Per position of the embedded chromosome: inside a gene pyrodigal predicts (either strand)."""
+    import pyrodigal
+
+    _, sequence = embedded_sequence()
+    finder = pyrodigal.GeneFinder()
+    finder.train(sequence)
+    mask = np.zeros(len(sequence), dtype=bool)
+    for gene in finder.find_genes(sequence):
+        mask[gene.begin - 1:gene.end] = True
+    return mask
+
+
+def class_starts(mask: np.ndarray, regions: list[Region], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions of windows inside `regions` that are wholly intergenic (class 0) or wholly inside
+    predicted genes (class 1)."""
+    covered = np.concatenate([[0], np.cumsum(mask)])
+    intergenic, coding = [], []
+    for _, start, end in regions:
+        starts = np.arange(start, end - length + 1)
+        count = covered[starts + length] - covered[starts]
+        intergenic.append(starts[count == 0])
+        coding.append(starts[count == length])
+    return np.concatenate(intergenic), np.concatenate(coding)
+
+
+class SampledLabelledWindows(Dataset):
+    """Training windows for classification: item i takes class i % n_classes (balanced), a start drawn from
+    that class's candidates and a reverse complement with probability `rc_prob`, all from (seed, i)."""
+
+    def __init__(self, genome: Genome, contig: str, starts: list[np.ndarray], length: int, size: int, *,
+                 seed: int = 0, rc_prob: float = 0.5):
+        self.genome, self.contig, self.starts, self.length = genome, contig, starts, length
+        self.size, self.seed, self.rc_prob = size, seed, rc_prob
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        label = i % len(self.starts)
+        start = int(rng.choice(self.starts[label]))
+        tokens = torch.from_numpy(self.genome.fetch(self.contig, start, start + self.length).astype(np.int64))
+        if rng.random() < self.rc_prob:
+            tokens = reverse_complement(tokens)
+        return {"tokens": tokens, "labels": torch.tensor(label)}
+
+
+class LabelledSequences(Dataset):
+    """Fixed (tokens, label) pairs, reverse-complemented with probability `rc_prob` (training only)."""
+
+    def __init__(self, sequences: list[torch.Tensor], labels: list[int], rc_prob: float = 0.0,
+                 classes: list[str] | None = None):
+        self.sequences, self.labels, self.rc_prob, self.classes = sequences, labels, rc_prob, classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        tokens = self.sequences[i]
+        if self.rc_prob and torch.rand(()) < self.rc_prob:
+            tokens = reverse_complement(tokens)
+        return {"tokens": tokens, "labels": torch.tensor(self.labels[i])}
+
+
+def coding_vs_intergenic(length: int, block: int, val_fraction: float, *, train_size: int, val_per_class: int,
+                         seed: int = 0, rc_prob: float = 0.5) -> tuple[Dataset, Dataset, dict]:
+    """The embedded benchmark: windows of the chromosome wholly inside predicted genes (label 1) or wholly
+    intergenic (label 0), balanced; validation windows are spread evenly over the validation blocks'
+    candidates. Returns (train, val, info) with info giving the positions for leak checks."""
+    genome = embedded_genome()
+    (contig, n), = genome.lengths.items()
+    regions = split_regions({contig: n}, block, val_fraction)
+    mask = embedded_coding_mask()
+    train_starts = class_starts(mask, regions["train"], length)
+    val_starts = class_starts(mask, regions["val"], length)
+    per_class = min(val_per_class, *(len(s) for s in val_starts))
+    picked = [s[np.linspace(0, len(s) - 1, per_class).round().astype(int)] for s in val_starts]
+    val_seqs, val_labels = [], []
+    for label, starts in enumerate(picked):
+        for start in starts:
+            val_seqs.append(torch.from_numpy(genome.fetch(contig, int(start), int(start) + length).astype(np.int64)))
+            val_labels.append(label)
+    train = SampledLabelledWindows(genome, contig, list(train_starts), length, train_size, seed=seed, rc_prob=rc_prob)
+    val = LabelledSequences(val_seqs, val_labels, classes=["intergenic", "coding"])
+    info = {"regions": regions, "train_starts": train_starts, "val_starts": picked, "length": length}
+    return train, val, info
+
+
+# ------------------------------------------------------------------ GenomicBenchmarks
+
+
+def genomic_benchmark(root: str | Path, rc_prob: float = 0.5, max_len: int | None = None) -> tuple[Dataset, Dataset]:
+    """A GenomicBenchmarks dataset folder (e.g. ~/.genomic_benchmarks/human_nontata_promoters) with
+    train/<class>/*.txt and test/<class>/*.txt; classes are numbered in sorted order; sequences longer
+    than `max_len` are cropped at the centre."""
+    root = Path(root)
+    splits = []
+    for split, prob in (("train", rc_prob), ("test", 0.0)):
+        folder = root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"task.data.root={root} has no {split}/ folder (GenomicBenchmarks layout: "
+                                    f"{split}/<class>/<id>.txt)")
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        sequences, labels = [], []
+        for label, name in enumerate(classes):
+            for path in sorted((folder / name).glob("*.txt")):
+                tokens = torch.from_numpy(encode(path.read_text().strip()).astype(np.int64))
+                if max_len is not None and len(tokens) > max_len:
+                    cut = (len(tokens) - max_len) // 2
+                    tokens = tokens[cut:cut + max_len]
+                sequences.append(tokens)
+                labels.append(label)
+        splits.append(LabelledSequences(sequences, labels, prob, classes))
+    return splits[0], splits[1]
+
+
+def pad_collate(items: list[dict]) -> dict:
+    """Stack a batch, right-padding token sequences of unequal length with PAD (targets with -100)."""
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if values[0].ndim == 0:
+            out[key] = torch.stack(values)
+        else:
+            fill = PAD if key == "tokens" else -100
+            out[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=fill)
+    return out
