@@ -2,6 +2,7 @@
 diffusers model. Importable on its own: nothing here imports the suite's tasks or trainer."""
 from .convert import NORM_TYPES, Swap, SwapList, auto_alpha, convert, describe_norm, format_swaps
 from .functional import dynamic_tanh, pointwise_norm
+from .kernels import KERNELS, get_default_kernel, set_default_kernel
 from .layers import (
     Derf,
     DynamicHardTanh,
@@ -14,7 +15,7 @@ from .layers import (
 from .optim import param_groups
 
 __all__ = [
-    "NORM_TYPES", "Derf", "DynamicHardTanh", "DynamicSigmoid", "DynamicTanh", "LayerNorm2d", "PointwiseNorm",
+    "KERNELS", "NORM_TYPES", "Derf", "DynamicHardTanh", "DynamicSigmoid", "DynamicTanh", "LayerNorm2d", "PointwiseNorm",
     "RMSNorm2d", "Swap", "SwapList", "auto_alpha", "convert", "describe_norm", "dynamic_tanh", "format_swaps",
-    "param_groups", "pointwise_norm",
+    "get_default_kernel", "param_groups", "pointwise_norm", "set_default_kernel",
 ]

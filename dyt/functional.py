@@ -1,6 +1,7 @@
 """Point-wise norm functions: `weight * f(alpha * x + shift) + bias` in either layout.
 
-These are the reference (eager) formulas every faster back end is tested against.
+`pointwise_norm` is the reference (eager) formula every faster back end is tested against; `dynamic_tanh`
+runs DyT by the fused kernels of `dyt.kernels` where they apply.
 """
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def dynamic_tanh(
     bias: torch.Tensor | None = None,
     *,
     channels_last: bool = True,
+    kernel: str | None = None,
 ) -> torch.Tensor:
-    """DyT: `weight * tanh(alpha * x) + bias` with a scalar alpha."""
-    return pointwise_norm(x, alpha, weight, bias, fn="tanh", channels_last=channels_last)
+    """DyT: `weight * tanh(alpha * x) + bias`, alpha a scalar (or per channel).
+
+    `kernel` picks the implementation: "auto" (the fused one-pass op where it applies: Triton on CUDA, C++ on
+    CPU), "eager" (`pointwise_norm`, the reference), "compiled", "cpu" or "triton"; None takes the process
+    default (`dyt.kernels.set_default_kernel`, or the DYT_KERNEL environment variable, else "auto").
+    """
+    from .kernels.dispatch import dynamic_tanh as dispatch  # dyt.kernels imports this module
+
+    return dispatch(x, alpha, weight, bias, channels_last=channels_last, kernel=kernel)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .functional import pointwise_norm
+from .functional import dynamic_tanh, pointwise_norm
+from .kernels.dispatch import check_kernel, compiled, get_default_kernel
 
 Shape = int | Sequence[int]
 
@@ -34,6 +35,10 @@ class PointwiseNorm(nn.Module):
         bias: False drops β (LLaMA, the RMSNorm analogue).
         learn_alpha: False keeps α fixed at α₀ (with α₀ = 1 this is the paper's no-α ablation).
         alpha_per_channel: one α per channel instead of the paper's single scalar.
+        kernel: the implementation (`dyt.kernels`): "auto" (fused where it applies: DynamicTanh on CPU and
+            CUDA), "eager", "compiled", "cpu", "triton"; None (default) follows the process default
+            (`dyt.kernels.set_default_kernel`). The relatives other than DynamicTanh run the eager formula
+            unless "compiled" is asked for.
     """
 
     fn = "tanh"
@@ -48,6 +53,7 @@ class PointwiseNorm(nn.Module):
         *,
         learn_alpha: bool = True,
         alpha_per_channel: bool = False,
+        kernel: str | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -61,6 +67,7 @@ class PointwiseNorm(nn.Module):
         self.channels_last = channels_last
         self.elementwise_affine = elementwise_affine
         self.alpha_per_channel = alpha_per_channel
+        self.kernel = check_kernel(kernel)
         factory = {"device": device, "dtype": dtype}
         alpha = torch.empty(self.normalized_shape[-1] if alpha_per_channel else 1, **factory)
         if learn_alpha:
@@ -88,9 +95,13 @@ class PointwiseNorm(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise_norm(
-            x, self.alpha, self.weight, self.bias, fn=self.fn, channels_last=self.channels_last
-        )
+        return self._formula(x, self.alpha, self.weight, self.bias)
+
+    def _formula(self, x: torch.Tensor, *params: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        """The formula, compiled when the layer's kernel (or the process default) says "compiled"."""
+        if (self.kernel or get_default_kernel()) == "compiled":
+            return compiled(self.fn, self.channels_last)(x, *params, **kwargs)
+        return pointwise_norm(x, *params, fn=self.fn, channels_last=self.channels_last, **kwargs)
 
     def extra_repr(self) -> str:
         shape = self.normalized_shape[0] if len(self.normalized_shape) == 1 else self.normalized_shape
@@ -107,13 +118,20 @@ class PointwiseNorm(nn.Module):
             parts.append("learn_alpha=False")
         if self.alpha_per_channel:
             parts.append("alpha_per_channel=True")
+        if self.kernel is not None:
+            parts.append(f"kernel={self.kernel}")
         return ", ".join(parts)
 
 
 class DynamicTanh(PointwiseNorm):
-    """DyT (Zhu et al., CVPR 2025): `γ·tanh(α·x) + β` with α one learnable scalar."""
+    """DyT (Zhu et al., CVPR 2025): `γ·tanh(α·x) + β` with α one learnable scalar; by default the fused
+    one-pass kernels of `dyt.kernels` (see `kernel`)."""
 
     fn = "tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dynamic_tanh(x, self.alpha, self.weight, self.bias, channels_last=self.channels_last,
+                            kernel=self.kernel)
 
 
 class DynamicHardTanh(PointwiseNorm):
@@ -145,9 +163,7 @@ class Derf(PointwiseNorm):
             self.shift.fill_(self.shift_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise_norm(
-            x, self.alpha, self.weight, self.bias, fn="erf", shift=self.shift, channels_last=self.channels_last
-        )
+        return self._formula(x, self.alpha, self.weight, self.bias, shift=self.shift)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", shift_init={self.shift_init:g}"

@@ -1,0 +1,67 @@
+"""The CPU back end: `dyt_cpu.cpp`, compiled at first use with torch's own extension builder.
+
+Built once per machine (about a minute) into torch's extension cache (`TORCH_EXTENSIONS_DIR`, by default
+~/.cache/torch_extensions) and loaded from there afterwards by every process; torch's file lock keeps
+concurrent first builds from colliding. The vector width follows what torch itself uses on this CPU
+(`torch.backends.cpu.get_cpu_capability()`), so the code is ATen's own `Vectorized<float>`, compiled for it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("dyt.kernels")
+SOURCE = Path(__file__).with_name("dyt_cpu.cpp")
+# the flags and macro torch's inductor compiles its own vectorised CPU code with, per capability
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
+@functools.cache
+def extension():
+    """The compiled module, or None (logged once) when it cannot be built: no compiler, no headers."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        log.warning("dyt: no C++ compiler (%s) for the fused CPU kernel; using the unfused formula", compiler)
+        return None
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # CUDA_HOME and compiler-ABI notices
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        capability = torch.backends.cpu.get_cpu_capability()
+        isa = _ISA_FLAGS.get(capability, [])
+        return load_inline(
+            name=f"dyt_cpu_{capability.lower() if isa else 'default'}",
+            cpp_sources=[SOURCE.read_text()],
+            extra_cflags=["-O3", "-fopenmp", *isa, *os.environ.get("DYT_CPU_CFLAGS", "").split()],
+            extra_ldflags=["-fopenmp"],
+            verbose=bool(os.environ.get("DYT_VERBOSE_BUILD")),
+        )
+    except Exception as error:  # a broken toolchain shows up as many different errors
+        message = " ".join(str(error).split())[:200] or type(error).__name__
+        log.warning("dyt: the fused CPU kernel could not be built (%s); using the unfused formula", message)
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
+def available() -> bool:
+    return extension() is not None
+
+
+def forward(x, alpha, weight, bias, channels_last: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    return extension().forward(x, alpha, weight, bias, channels_last, out_dtype == torch.float32 != x.dtype)
+
+
+def backward(dy, x, alpha, weight, channels_last: bool):
+    """dx and the fp32 per-channel sums [3, C]: dγ, dβ, dα."""
+    return extension().backward(dy, x, alpha, weight, channels_last)

@@ -1,0 +1,177 @@
+"""The fused DyT as two torch custom ops, `dyt::dynamic_tanh` and `dyt::dynamic_tanh_backward`, with a fake
+(shape-only) version and autograd registered, so torch.compile traces a model through them as opaque calls;
+and `fused`, the eager path to the same kernels with less per-call overhead than a custom op (the C++
+extension's own autograd on CPU, an autograd.Function elsewhere).
+
+`backend` names the implementation: "cpu" (the C++ extension), "triton", "torch" (the formula in plain torch
+ops: the fallback when no compiler is there, and a second reference in tests), or "auto" (by device).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import Tensor
+
+from . import cpu
+
+log = logging.getLogger("dyt.kernels")
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def out_dtype(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> torch.dtype:
+    """The dtype the eager formula returns (bf16 x with fp32 parameters gives fp32, as `α·x` promotes)."""
+    dtype = torch.promote_types(x.dtype, alpha.dtype)
+    for p in (weight, bias):
+        if p is not None:
+            dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
+
+
+def _stored_nhwc(x: Tensor, channels_last: bool) -> bool:
+    return (not channels_last and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _empty_like_output(x: Tensor, channels_last: bool, dtype: torch.dtype) -> Tensor:
+    # what every back end returns: contiguous, or NHWC kept as NHWC
+    fmt = torch.channels_last if _stored_nhwc(x, channels_last) else torch.contiguous_format
+    return torch.empty(x.shape, dtype=dtype, device=x.device).contiguous(memory_format=fmt)
+
+
+@functools.cache
+def _triton():
+    try:
+        from . import triton_dyt
+    except Exception as error:  # no triton, or one that does not import
+        log.warning("dyt: Triton is not usable (%s); using the unfused formula on CUDA", error)
+        return None
+    return triton_dyt
+
+
+class _Formula:
+    """The DyT forward and backward written with torch ops: any device and dtype, fp32 arithmetic."""
+
+    @staticmethod
+    def forward(x, alpha, weight, bias, channels_last, dtype):
+        from ..functional import pointwise_norm
+
+        f32 = [None if t is None else t.float() for t in (alpha, weight, bias)]
+        y = pointwise_norm(x.float(), *f32, fn="tanh", channels_last=channels_last)
+        return _empty_like_output(x, channels_last, dtype).copy_(y)
+
+    @staticmethod
+    def backward(dy, x, alpha, weight, channels_last):
+        dims = [d for d in range(x.dim()) if d != (x.dim() - 1 if channels_last else 1)]
+        view = (lambda t: t) if channels_last else (lambda t: t.reshape(t.shape + (1,) * (x.dim() - 2)))
+        xf, dyf = x.float(), dy.float()
+        a = view(alpha.float().reshape(-1))
+        g = view(weight.float()) if weight is not None else 1.0
+        t = torch.tanh(a * xf)
+        s = 1 - t * t
+        dx = (dyf * g * a * s).to(x.dtype)
+        d_alpha = (dyf * xf * s).sum(dims) * (weight.float() if weight is not None else 1.0)
+        sums = torch.stack([(dyf * t).sum(dims), dyf.sum(dims), d_alpha])
+        return _empty_like_output(x, channels_last, x.dtype).copy_(dx), sums
+
+
+def resolve(name: str, x: Tensor):
+    """The back end module for a kernel name ("auto", "cpu", "triton", "torch") and a tensor."""
+    if name == "auto":
+        if x.device.type == "cuda":
+            name = "triton" if _triton() is not None else "torch"
+        else:
+            name = "cpu" if x.device.type == "cpu" and cpu.available() else "torch"
+    if name == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError(f"kernel='cpu' runs CPU tensors, got one on {x.device}")
+        if not cpu.available():
+            raise RuntimeError("kernel='cpu': the C++ extension could not be built (see the log); use kernel='auto'")
+        return cpu
+    if name == "triton":
+        if _triton() is None:
+            raise RuntimeError("kernel='triton': Triton is not usable here; use kernel='auto'")
+        return _triton()
+    if name == "torch":
+        return _Formula
+    raise ValueError(f"unknown backend {name!r}")
+
+
+@torch.library.custom_op("dyt::dynamic_tanh", mutates_args=())
+def dynamic_tanh(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None, channels_last: bool,
+                 backend: str) -> Tensor:
+    """γ·tanh(α·x) + β in one pass; the output has the eager formula's dtype."""
+    return resolve(backend, x).forward(x, alpha, weight, bias, channels_last, out_dtype(x, alpha, weight, bias))
+
+
+@dynamic_tanh.register_fake
+def _(x, alpha, weight, bias, channels_last, backend):
+    return _empty_like_output(x, channels_last, out_dtype(x, alpha, weight, bias))
+
+
+@torch.library.custom_op("dyt::dynamic_tanh_backward", mutates_args=())
+def dynamic_tanh_backward(dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None, channels_last: bool,
+                          backend: str) -> tuple[Tensor, Tensor]:
+    """dx, and the fp32 per-channel sums [3, C] (dγ, dβ, dα), from one pass over x and dy."""
+    return resolve(backend, x).backward(dy, x, alpha, weight, channels_last)
+
+
+@dynamic_tanh_backward.register_fake
+def _(dy, x, alpha, weight, channels_last, backend):
+    C = x.shape[-1] if channels_last else x.shape[1]
+    return _empty_like_output(x, channels_last, x.dtype), x.new_empty((3, C), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, weight, bias, channels_last, backend = inputs
+    ctx.save_for_backward(x, alpha, weight)
+    ctx.channels_last, ctx.backend = channels_last, backend
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _param_grads(ctx, dx, sums, alpha, weight):
+    """(dx, dα, dγ, dβ, None) from dx and the per-channel sums, in the parameters' shapes and dtypes."""
+    d_gamma, d_beta, d_alpha = sums
+    d_alpha = d_alpha.sum() if alpha.numel() == 1 else d_alpha
+    need = ctx.needs_input_grad
+    return (dx if need[0] else None,
+            d_alpha.reshape(alpha.shape).to(alpha.dtype) if need[1] else None,
+            d_gamma.to(weight.dtype) if weight is not None and need[2] else None,
+            d_beta.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[3] else None,
+            None)
+
+
+def _backward(ctx, dy):
+    x, alpha, weight = ctx.saved_tensors
+    dx, sums = dynamic_tanh_backward(dy, x, alpha, weight, ctx.channels_last, ctx.backend)
+    return *_param_grads(ctx, dx, sums, alpha, weight), None
+
+
+dynamic_tanh.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Fused(torch.autograd.Function):
+    """The eager path for the Triton and formula back ends."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, weight, bias, channels_last, backend):
+        ctx.save_for_backward(x, alpha, weight)
+        ctx.channels_last, ctx.backend = channels_last, backend
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return backend.forward(x, alpha, weight, bias, channels_last, out_dtype(x, alpha, weight, bias))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, alpha, weight = ctx.saved_tensors
+        dx, sums = ctx.backend.backward(dy, x, alpha, weight, ctx.channels_last)
+        return *_param_grads(ctx, dx, sums, alpha, weight), None
+
+
+def fused(x, alpha, weight, bias, channels_last: bool, backend: str) -> Tensor:
+    """The fused op outside torch.compile."""
+    impl = resolve(backend, x)
+    if impl is cpu:
+        return cpu.extension().dynamic_tanh(x, alpha, weight, bias, channels_last,
+                                            out_dtype(x, alpha, weight, bias) == torch.float32 != x.dtype)
+    return _Fused.apply(x, alpha, weight, bias, channels_last, impl)
