@@ -1,0 +1,312 @@
+"""Text for language modelling, as token windows.
+
+Embedded default: the English Wikipedia sample in gensim's test data (a shortened `enwiki` dump, ~100
+articles, 3.1 MB of plain text once gensim's wiki helpers strip the markup). Real data: local text / jsonl /
+parquet / arrow files (or a folder of them, compressed or not) through `datasets`. A byte-level BPE
+tokenizer is trained on the text at first use unless a tokenizer folder is given; text is tokenized once
+into a memory-mapped token file (or, streamed, on the fly) and served as fixed-length windows.
+Everything derived is cached under a folder keyed by what it was made from, so nothing is made twice.
+"""
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+END_OF_TEXT = "<|endoftext|>"
+# file suffix → datasets builder; compressed files (.gz, .zst, …) are read through fsspec
+BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+COMPRESSIONS = {".gz", ".zst", ".bz2", ".xz"}
+DATASETS_METADATA = {"dataset_info.json", "state.json", "dataset_dict.json"}  # beside save_to_disk's .arrow files
+
+
+def _key(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- sources of documents
+
+
+def wikipedia_articles() -> list[str]:
+    """The articles of gensim's shortened English Wikipedia dump as plain text (redirect pages dropped)."""
+    import gensim
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    # the path gensim.test.utils.datapath gives, without importing that module (it builds demo corpora)
+    with bz2.open(Path(gensim.__file__).parent / "test" / "test_data" / EMBEDDED_DUMP) as dump:
+        pages = [filter_wiki(text) for _, text, _ in extract_pages(dump, filter_namespaces=("0",))]
+    articles = []
+    for page in pages:
+        if page.lstrip().upper().startswith("#REDIRECT"):
+            continue
+        page = re.sub(r"'{2,}", "", page)  # bold and italic marks, which filter_wiki leaves in
+        articles.append(re.sub(r"\n\s*\n", "\n\n", page).strip())  # runs of blank lines left by removed markup
+    return articles
+
+
+def wikipedia_source_id() -> str:
+    import gensim
+
+    return f"gensim {gensim.__version__} {EMBEDDED_DUMP} (tidy v1)"
+
+
+def data_files(path: str | Path) -> tuple[str, list[str]]:
+    """(datasets builder, files) for a file or a folder of files of one format."""
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name not in DATASETS_METADATA)
+
+    def kind(file: Path) -> str | None:
+        suffixes = file.suffixes[-2:] if file.suffix in COMPRESSIONS else file.suffixes[-1:]
+        return BUILDERS.get(suffixes[0] if suffixes else "")
+
+    kinds = {kind(f) for f in files} - {None}
+    if len(kinds) != 1:
+        found = ", ".join(sorted(kinds)) or "none"
+        raise ValueError(f"task.data.path={path} must hold files of one format ({', '.join(BUILDERS)}; "
+                         f"optionally compressed); found: {found}")
+    builder = kinds.pop()
+    return builder, [str(f) for f in files if kind(f) == builder]
+
+
+def local_documents(path: str | Path, *, streaming: bool, cache_dir: Path):
+    """A `datasets` Dataset (or IterableDataset when streaming) of the local files. Plain-text files give
+    one document per paragraph, in the column `text`."""
+    from datasets import load_dataset
+
+    builder, files = data_files(path)
+    options = {"sample_by": "paragraph"} if builder == "text" else {}
+    return load_dataset(builder, data_files=files, split="train", streaming=streaming,
+                        cache_dir=str(cache_dir / "datasets"), **options)
+
+
+def local_source_id(path: str | Path, text_field: str) -> str:
+    """Identifies the files by name, size and modification time: a changed file makes a new token file."""
+    builder, files = data_files(path)
+    stats = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files]
+    return _key(builder, text_field, stats)
+
+
+def text_batches(documents, text_field: str, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Lists of texts from a list of strings, a datasets Dataset or a datasets IterableDataset."""
+    if isinstance(documents, list):
+        for start in range(0, len(documents), batch_size):
+            yield documents[start:start + batch_size]
+        return
+    for batch in documents.iter(batch_size=batch_size):
+        yield [text for text in batch[text_field] if text]
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    """A fast tokenizer from a local folder (a LLaMA tokenizer, or one this module trained)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(path).expanduser()), local_files_only=True)
+    if end_of_text_id(tokenizer) is None:
+        raise ValueError(f"tokenizer {path} has neither an eos nor a sep token to separate documents")
+    return tokenizer
+
+
+def end_of_text_id(tokenizer) -> int | None:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def trained_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path):
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on `texts` and saved as a transformers
+    tokenizer folder; loaded from there when it already exists. Documents end with `<|endoftext|>`."""
+    if not (folder / "tokenizer.json").exists():
+        from tokenizers import ByteLevelBPETokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT])
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        bpe.save(str(tmp / "tokenizer.json"))
+        wrapped = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "tokenizer.json"), eos_token=END_OF_TEXT)
+        wrapped.save_pretrained(str(tmp))  # adds tokenizer_config.json: AutoTokenizer then loads the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # a killed run never leaves a half-written tokenizer behind
+    return load_tokenizer(folder)
+
+
+def tokenizer_id(tokenizer) -> str:
+    return _key(tokenizer.backend_tokenizer.to_str())
+
+
+# ---------------------------------------------------------------- token files and windows
+
+
+def token_file(batches: Iterable[list[str]], tokenizer, path: Path) -> np.memmap:
+    """Tokenize every document once into `path` (documents joined by the end-of-text token) and map it.
+    uint16 while the vocabulary fits, else uint32; the dtype is the file's suffix."""
+    if not path.exists():
+        eot = end_of_text_id(tokenizer)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as out:
+            for texts in batches:
+                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                    np.asarray(ids + [eot], dtype=path.suffix[1:]).tofile(out)
+        tmp.replace(path)
+    return np.memmap(path, dtype=path.suffix[1:], mode="r")
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+class TokenWindows(Dataset):
+    """Window i of `tokens[start:stop]`: seq_len + 1 tokens from start + i·seq_len (inputs are the first
+    seq_len, targets the last seq_len), as int64."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, start: int = 0, stop: int | None = None):
+        self.tokens, self.seq_len, self.start = tokens, seq_len, start
+        stop = len(tokens) if stop is None else stop
+        self.count = max(0, (stop - start - 1) // seq_len)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        first = self.start + index * self.seq_len
+        return torch.from_numpy(self.tokens[first:first + self.seq_len + 1].astype(np.int64))
+
+
+def split_windows(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple[TokenWindows, TokenWindows]:
+    """Train on the first (1 − val_fraction) of the token stream, validate on the rest: deterministic."""
+    boundary = int(len(tokens) * (1 - val_fraction))
+    train, val = TokenWindows(tokens, seq_len, 0, boundary), TokenWindows(tokens, seq_len, boundary)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"{len(tokens)} tokens give {len(train)} train and {len(val)} validation windows of "
+                         f"{seq_len}; lower task.data.seq_len or change task.data.val_fraction")
+    return train, val
+
+
+def tokens_of(documents, text_field: str, tokenizer) -> np.ndarray:
+    """A small set of documents tokenized in memory (the held-out start of a stream)."""
+    eot = end_of_text_id(tokenizer)
+    ids = [i for texts in text_batches(documents, text_field)
+           for doc in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in doc + [eot]]
+    return np.asarray(ids, dtype=token_dtype(len(tokenizer)))
+
+
+class StreamedWindows(IterableDataset):
+    """Windows of seq_len + 1 tokens cut from a `datasets` stream tokenized on the fly, for corpora too
+    large to tokenize up front. Each process (and DataLoader worker) reads its own share of the stream
+    (`split_dataset_by_node`); documents pass through a shuffle buffer reseeded every epoch."""
+
+    def __init__(self, stream, text_field: str, tokenizer, seq_len: int, *, seed: int, shuffle_buffer: int,
+                 rank: int, world: int):
+        self.stream, self.text_field, self.tokenizer, self.seq_len = stream, text_field, tokenizer, seq_len
+        self.seed, self.shuffle_buffer, self.rank, self.world = seed, shuffle_buffer, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _share(self):
+        from datasets.distributed import split_dataset_by_node
+
+        stream = self.stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        index, count = self.rank, self.world
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            index, count = index * worker.num_workers + worker.id, count * worker.num_workers
+        if count > 1:
+            stream = split_dataset_by_node(stream, rank=index, world_size=count)
+        stream.set_epoch(self.epoch)  # after the split, which forgets the epoch
+        return stream
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        eot, window = end_of_text_id(self.tokenizer), self.seq_len + 1
+        buffer: list[int] = []
+        for texts in text_batches(self._share(), self.text_field, batch_size=64):
+            for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                buffer += ids + [eot]
+            while len(buffer) >= window:
+                yield torch.tensor(buffer[:window])
+                del buffer[:self.seq_len]
+
+
+class TextCorpus:
+    """The text a task trains on, from its `data` config: the documents, the tokenizer (loaded or trained
+    and cached) and the train / validation windows. Derived files are made on the main process first, so
+    the other processes of a distributed run find them made."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.cache = Path(cfg.cache_dir).expanduser()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.cfg.path
+
+    @property
+    def text_field(self) -> str:
+        plain_text = self.embedded or data_files(self.cfg.path)[0] == "text"  # datasets' text builder: `text`
+        return "text" if plain_text else self.cfg.text_field
+
+    @cached_property
+    def documents(self):
+        if self.embedded:
+            return wikipedia_articles()
+        return local_documents(self.cfg.path, streaming=self.cfg.streaming, cache_dir=self.cache)
+
+    @cached_property
+    def source_id(self) -> str:
+        return wikipedia_source_id() if self.embedded else local_source_id(self.cfg.path, self.cfg.text_field)
+
+    # generators, so nothing is read when the cache already holds what the text would make
+    def _batches(self) -> Iterator[list[str]]:
+        yield from text_batches(self.documents, self.text_field)
+
+    def _texts(self, count: int | None = None) -> Iterator[str]:
+        yield from islice((text for batch in self._batches() for text in batch), count)
+
+    @cached_property
+    def tokenizer(self):
+        from accelerate import PartialState
+
+        if self.cfg.tokenizer_path:
+            return load_tokenizer(self.cfg.tokenizer_path)
+        cfg = self.cfg
+        folder = self.cache / "tokenizers" / _key(self.source_id, cfg.vocab_size, cfg.tokenizer_documents)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with PartialState().main_process_first():
+            return trained_tokenizer(self._texts(cfg.tokenizer_documents), cfg.vocab_size, folder)
+
+    def windows(self, seq_len: int, *, seed: int, rank: int = 0, world: int = 1) -> tuple[Dataset, Dataset]:
+        """(train, val): a token file's windows split by position, or, streaming, the stream after its
+        first `val_documents` documents and windows of those documents."""
+        from accelerate import PartialState
+
+        cfg, tokenizer = self.cfg, self.tokenizer
+        if cfg.streaming and not self.embedded:
+            held_out = self.documents.take(cfg.val_documents)
+            val = TokenWindows(tokens_of(held_out, self.text_field, tokenizer), seq_len)
+            train = StreamedWindows(self.documents.skip(cfg.val_documents), self.text_field, tokenizer, seq_len,
+                                    seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world)
+            return train, val
+        path = self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with PartialState().main_process_first():
+            tokens = token_file(self._batches(), tokenizer, path)
+        return split_windows(tokens, seq_len, cfg.val_fraction)
+
