@@ -1,0 +1,355 @@
+"""Class-conditional diffusion with DiT (the paper's Table 3): LayerNorm against DyT, samples and FID.
+
+Model: `tasks.dit_model` (the paper's DiT-S/B/L/XL with patch 2/4/8, plus `cpu` and `debug` sizes). The
+diffusion process is diffusers': DDPM training with the linear β schedule over 1000 steps, ε-prediction,
+and, with `learn_sigma` (DiT's default), a learned variance trained by the variational bound as in DiT/ADM;
+sampling with DDPM or DDIM and classifier-free guidance.
+
+DyT as the paper: the adaLN LayerNorms have no affine, so `dyt.convert` makes them `tanh(αx)` alone; the
+adaLN-Zero initialisation (modulation and final layer at zero) is removed for DyT-like norms and kept for
+LayerNorm (`task.model.zero_init: auto`); lr 4e-4 for both.
+
+Data. Embedded default: the 5,000 MNIST digits, pixel space, padded to 32×32, in [-1, 1]. Real: an
+ImageFolder (`task.data.root` with train/ and val/) encoded once by the AutoencoderKL at `task.vae.path`
+(tasks/data/latents.py), trained in latent space. Evaluation: val loss at fixed noise, a Fréchet distance
+of generated samples (tasks/fid.py) and, at the end, a grid of samples per class as PNG.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from dyt.train.task import Headline, Task
+
+from .dit_model import build_dit
+
+log = logging.getLogger(__name__)
+
+STATISTICS_NORMS = ("layernorm", "rmsnorm")  # adaLN-Zero kept; removed for point-wise norms and identity
+TRAIN_TIMESTEPS = 1000
+
+
+def noise_scheduler(kind: str = "ddpm", learn_sigma: bool = False, clip_sample: bool = False):
+    """diffusers' DDPM or DDIM scheduler with DiT's linear β schedule (1e-4 … 0.02 over 1000 steps)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  clip_sample=clip_sample, timestep_spacing="trailing")
+    if kind == "ddpm":
+        return DDPMScheduler(**common, variance_type="learned_range" if learn_sigma else "fixed_small")
+    if kind == "ddim":
+        return DDIMScheduler(**common)
+    raise ValueError(f"task.sample.scheduler={kind!r}; use ddpm or ddim")
+
+
+def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(like.device)[t].float().view(-1, *[1] * (like.ndim - 1))
+
+
+def _discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """−log-likelihood of data in [-1, 1] discretised to 256 bins under N(mean, exp(log_scale)²) (ADM)."""
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = torch.special.ndtr(inv_std * (x - mean + 1 / 255))
+    cdf_min = torch.special.ndtr(inv_std * (x - mean - 1 / 255))
+    log_prob = torch.where(x < -0.999, torch.log(cdf_plus.clamp(min=1e-12)),
+                           torch.where(x > 0.999, torch.log((1 - cdf_min).clamp(min=1e-12)),
+                                       torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+    return -log_prob
+
+
+def variational_bound(scheduler, x0, xt, t, eps, v) -> torch.Tensor:
+    """DiT's (ADM's) L_vlb term per sample, in bits per dimension: KL(q(x_{t−1}|x_t, x_0) ‖ p(x_{t−1}|x_t))
+    for t > 0, the decoder NLL at t = 0. The model's log-variance interpolates between log β_t and the
+    clipped posterior log-variance by v ∈ [−1, 1]; ε is detached so only the variance learns from it."""
+    betas, abar = scheduler.betas.double(), scheduler.alphas_cumprod.double()
+    abar_prev = F.pad(abar[:-1], (1, 0), value=1.0)
+    post_var = betas * (1 - abar_prev) / (1 - abar)
+    post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    coef_x0, coef_xt = betas * abar_prev.sqrt() / (1 - abar), (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
+    true_mean = _at(coef_x0, t, x0) * x0 + _at(coef_xt, t, x0) * xt
+    pred_x0 = (xt - _at((1 - abar).sqrt(), t, x0) * eps) / _at(abar.sqrt(), t, x0)
+    model_mean = _at(coef_x0, t, x0) * pred_x0 + _at(coef_xt, t, x0) * xt
+    frac = (v + 1) / 2
+    model_logvar = frac * _at(betas.log(), t, x0) + (1 - frac) * _at(post_logvar, t, x0)
+    true_logvar = _at(post_logvar, t, x0)
+    kl = 0.5 * (-1 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
+                + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
+    nll = _discretized_gaussian_nll(x0, model_mean, 0.5 * model_logvar)
+    per_dim = torch.where((t == 0).view(-1, *[1] * (x0.ndim - 1)), nll, kl)
+    return per_dim.flatten(1).mean(1) / math.log(2)
+
+
+@torch.no_grad()
+def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: str = "ddim", steps: int = 50,
+           cfg_scale: float = 1.0, clip_sample: bool = False, generator: torch.Generator | None = None):
+    """Samples x_0 [N, *shape] for class `labels` from pure noise; `cfg_scale` ≠ 1 guides ε by the null
+    class (ε_u + s·(ε_c − ε_u)); a learned variance is used by DDPM and ignored by DDIM."""
+    from accelerate.utils import extract_model_from_parallel
+
+    core = extract_model_from_parallel(model)  # not DDP: processes may sample different numbers of batches
+    channels, learned = core.in_channels, core.out_channels != core.in_channels
+    sched = noise_scheduler(scheduler, learned, clip_sample)
+    sched.set_timesteps(steps)
+    x = torch.randn((len(labels), *shape), generator=generator, device=labels.device)
+    guided = cfg_scale != 1
+    y = torch.cat([labels, torch.full_like(labels, core.num_classes)]) if guided else labels
+    for t in sched.timesteps:
+        x_in = torch.cat([x, x]) if guided else x
+        out = core(x_in, t.to(x.device).expand(len(x_in)), y).float()
+        if guided:
+            cond, uncond = out.chunk(2)
+            eps = uncond[:, :channels] + cfg_scale * (cond[:, :channels] - uncond[:, :channels])
+            out = torch.cat([eps, cond[:, channels:]], 1)
+        if scheduler == "ddim":
+            out = out[:, :channels]
+        x = sched.step(out, t, x, generator=generator).prev_sample
+    return x
+
+
+class DiTTask(Task):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.embedded = not cfg.data.root
+        if self.embedded and cfg.data.require_root:
+            raise ValueError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
+        if not self.embedded and not cfg.vae.path:
+            raise ValueError("task.data.root is set: DiT trains in latent space, give task.vae.path=<local AutoencoderKL>")
+        self.num_classes = 10 if self.embedded else cfg.data.num_classes
+        if self.embedded:
+            self.channels, self.input_size = 1, cfg.data.digit_size
+        else:
+            from .data.latents import vae_geometry
+
+            self.channels, factor = vae_geometry(cfg.vae.path)
+            self.input_size = cfg.data.image_size // factor
+        self.learn_sigma = cfg.model.learn_sigma
+        self.scheduler = noise_scheduler("ddpm", self.learn_sigma)
+        self.step, self.max_steps = 0, 1
+        self.vae = None
+        self.real_images = None  # [-1, 1] digits: the classifier's training data and the FD reference
+        self.metric, self.metric_name = self._choose_metric()
+        self.headline = Headline(f"val/{self.metric_name}" if self.metric_name else "val/loss", higher_is_better=False)
+        self.last_eval_model = None
+
+    def _choose_metric(self) -> tuple[str | None, str | None]:
+        """("inception", "fid"), ("digits", "fd_mnist_classifier") or (None, None) — without downloading."""
+        from .fid import INCEPTION_FILE, find_inception
+
+        fid = self.cfg.eval.fid
+        weights = find_inception(self.cfg.eval.inception_path)
+        if fid is True or (fid == "auto" and not self.embedded and weights is not None):
+            if weights is None or not weights.exists():
+                raise FileNotFoundError(f"task.eval.fid=true needs Inception weights at a local path: "
+                                        f"task.eval.inception_path=/path/to/{INCEPTION_FILE}")
+            return "inception", "fid"
+        if self.embedded and fid is not False:
+            return "digits", "fd_mnist_classifier"
+        if fid == "auto" and not self.embedded:
+            log.warning("no Inception weights found (task.eval.inception_path): no FID, headline is val/loss")
+        return None, None
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self):
+        m = self.cfg.model
+        model = build_dit(self.cfg.size, input_size=self.input_size, in_channels=self.channels,
+                          num_classes=self.num_classes, class_dropout=m.class_dropout, learn_sigma=self.learn_sigma)
+        # forward + backward: 6 × per-token weights × tokens, plus attention's two token×token matmuls
+        tokens, hidden = model.x_embedder.num_patches, model.pos_embed.shape[-1]
+        per_token = sum(p.numel() for n, p in model.blocks.named_parameters() if "adaLN" not in n and p.ndim == 2)
+        self.flops_per_sample = 6 * tokens * per_token + 12 * len(model.blocks) * tokens ** 2 * hidden
+        return model
+
+    def zero_init(self, norm_type: str) -> bool:
+        """The paper: adaLN-Zero is kept for LayerNorm and removed for DyT (`task.model.zero_init: auto`)."""
+        setting = self.cfg.model.zero_init
+        return norm_type in STATISTICS_NORMS if setting == "auto" else bool(setting)
+
+    def adapt_to_norm(self, model, norm) -> None:
+        # the random init was drawn for every norm, so LN and DyT runs of one seed share all other weights
+        if self.zero_init(norm.type):
+            model.zero_init_()
+        log.info("adaLN-Zero initialisation %s (task.model.zero_init=%s, norm %s)",
+                 "kept" if self.zero_init(norm.type) else "removed", self.cfg.model.zero_init, norm.type)
+
+    # ------------------------------------------------------------------ data
+
+    def build_data(self):
+        if self.embedded:
+            return self._digits()
+        from .data.latents import LatentDataset, cached_latents
+        from .fid import cache_dir
+
+        d = self.cfg.data
+        root = Path(d.cache_dir).expanduser() if d.cache_dir else cache_dir(None) / "latents"
+        common = dict(vae_path=self.cfg.vae.path, image_size=d.image_size, cache_root=root,
+                      batch_size=d.encode_batch_size, num_workers=d.num_workers)
+        train = cached_latents(Path(d.root), "train", **common)
+        val = cached_latents(Path(d.root), "val", max_images=d.max_val_images, **common)
+        return LatentDataset(train, flips=True), LatentDataset(val, flips=False)
+
+    def _digits(self):
+        from .data.mnist import mnist_digits, split_indices
+
+        images, labels = mnist_digits()
+        pad = (self.cfg.data.digit_size - images.shape[-1]) // 2
+        x = F.pad(images[:, None].float() / 127.5 - 1, (pad,) * 4, value=-1.0)
+        train, val = split_indices(labels, self.cfg.data.val_fraction)
+        self.real_images = (x[train], labels[train]), (x[val], labels[val])
+        return TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val])
+
+    # ------------------------------------------------------------------ training
+
+    def set_step(self, step: int, max_steps: int) -> None:
+        self.step, self.max_steps = step, max_steps
+
+    def diffusion_loss(self, model, x0, y, t, noise) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (loss, mse): the ε-MSE plus, with a learned variance, the variational bound."""
+        xt = self.scheduler.add_noise(x0, noise, t)
+        out = model(xt, t, y).float()
+        eps = out[:, :self.channels]
+        mse = (eps - noise).pow(2).flatten(1).mean(1)
+        if not self.learn_sigma:
+            return mse, mse
+        return mse + variational_bound(self.scheduler, x0, xt, t, eps.detach(), out[:, self.channels:]), mse
+
+    def loss(self, model, batch):
+        x0, y = batch
+        t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), device=x0.device)
+        loss, mse = self.diffusion_loss(model, x0, y, t, torch.randn_like(x0))
+        return loss.mean(), {"mse": mse.mean().item()}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, model, batches, reduce):
+        """Val loss at fixed noise and timesteps (comparable across evaluations and runs), then the
+        Fréchet distance of `eval.num_samples` samples (`eval.final_num_samples` at the last step)."""
+        self.last_eval_model = model
+        totals = {"loss": 0.0, "mse": 0.0, "count": 0.0}
+        for i, (x0, y) in enumerate(batches):
+            generator = torch.Generator(x0.device).manual_seed(10_000 * self.cfg.eval.seed + i)
+            t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), device=x0.device, generator=generator)
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+            loss, mse = self.diffusion_loss(model, x0, y, t, noise)
+            totals = {"loss": totals["loss"] + loss.sum(), "mse": totals["mse"] + mse.sum(),
+                      "count": totals["count"] + len(x0)}
+        totals = reduce({k: torch.as_tensor(v, dtype=torch.float64) for k, v in totals.items()})
+        metrics = {"loss": float(totals["loss"] / totals["count"]), "mse": float(totals["mse"] / totals["count"])}
+        if self.metric is not None:
+            final = self.step + 1 >= self.max_steps
+            n = self.cfg.eval.final_num_samples if final and self.cfg.eval.final_num_samples else self.cfg.eval.num_samples
+            metrics[self.metric_name] = self.frechet_distance(model, n)
+        return metrics
+
+    def frechet_distance(self, model, num_samples: int) -> float:
+        """Class-balanced samples from `sample.*` settings against the real data, each process its share."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        metric = self._frechet_metric(state)
+        labels = (torch.arange(num_samples) % self.num_classes)[state.process_index::state.num_processes]
+        generator = torch.Generator(state.device).manual_seed(self.cfg.eval.seed + 1000 * state.process_index)
+        for chunk in labels.split(self.cfg.sample.batch_size):
+            images = self.generate(model, chunk.to(state.device), generator=generator)
+            metric.update(self._metric_input(images), real=False)
+        value = float(metric.compute())
+        metric.reset()  # fake statistics only
+        return value
+
+    def _frechet_metric(self, state):
+        if self.metric == "digits" and not hasattr(self, "_fd"):
+            from .fid import cache_dir, digit_features, frechet_metric
+
+            train, val = self.real_images
+            features = digit_features(train, val, cache_dir(self.cfg.eval.cache_dir))
+            self._fd = frechet_metric(features).to(state.device)
+            for chunk in train[0][state.process_index::state.num_processes].split(500):
+                self._fd.update(chunk.to(state.device), real=True)
+        elif self.metric == "inception" and not hasattr(self, "_fd"):
+            from .fid import find_inception, frechet_metric
+
+            self._fd = frechet_metric(2048, find_inception(self.cfg.eval.inception_path)).to(state.device)
+            for chunk in self._reference_images(state):
+                self._fd.update(self._metric_input(chunk.to(state.device)), real=True)
+        return self._fd
+
+    def _metric_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Samples in [-1, 1] as the metric's network takes them: [-1, 1] digits, or RGB in [0, 1]."""
+        images = images.clamp(-1, 1)
+        if self.metric == "digits":
+            return images
+        images = (images + 1) / 2
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def _reference_images(self, state, batch: int = 250):
+        """This process's share of the FID reference: ADM's reference batch (`eval.reference`, an .npz with
+        uint8 NHWC `arr_0`), else the val/ images (embedded data: the training digits)."""
+        import numpy as np
+
+        if self.cfg.eval.reference:
+            arr = np.load(self.cfg.eval.reference, mmap_mode="r")["arr_0"]
+            rows = range(state.process_index, len(arr), state.num_processes)
+            for start in range(0, len(rows), batch):
+                chunk = torch.from_numpy(np.stack([arr[i] for i in rows[start:start + batch]]))
+                yield chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
+        elif self.embedded:
+            yield from self.real_images[0][0][state.process_index::state.num_processes].split(batch)
+        else:
+            from torchvision.datasets import ImageFolder
+
+            from .data.latents import image_transform
+
+            images = ImageFolder(str(Path(self.cfg.data.root) / "val"), image_transform(self.cfg.data.image_size))
+            subset = torch.utils.data.Subset(images, range(state.process_index, len(images), state.num_processes))
+            for x, _ in torch.utils.data.DataLoader(subset, batch_size=batch, num_workers=self.cfg.data.num_workers):
+                yield x
+
+    def generate(self, model, labels: torch.Tensor, *, cfg_scale: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] (decoded by the VAE in latent space) for class `labels`, by `task.sample`."""
+        s = self.cfg.sample
+        shape = (self.channels, self.input_size, self.input_size)
+        x = sample(model, labels, shape, scheduler=s.scheduler, steps=s.steps,
+                   cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, clip_sample=self.embedded,
+                   generator=generator)
+        if self.embedded:
+            return x
+        if self.vae is None:
+            from .data.latents import load_vae
+
+            self.vae = load_vae(self.cfg.vae.path, x.device)
+        return self.vae.decode(x / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+    # ------------------------------------------------------------------ artifacts
+
+    def grid_labels(self) -> torch.Tensor:
+        classes = self.cfg.grid.classes or list(range(min(self.num_classes, 10)))
+        return torch.tensor(list(classes)).repeat_interleave(self.cfg.grid.per_class)
+
+    @torch.no_grad()
+    def write_grid(self, model, path: Path, device=None) -> Path:
+        """A PNG with one row per class of `grid.classes`, `grid.per_class` samples each (seeded by eval.seed)."""
+        from torchvision.utils import save_image
+
+        device = device or next(model.parameters()).device
+        generator = torch.Generator(device).manual_seed(self.cfg.eval.seed)
+        labels = self.grid_labels().to(device)
+        images = torch.cat([self.generate(model, chunk, cfg_scale=self.cfg.grid.cfg_scale, generator=generator)
+                            for chunk in labels.split(self.cfg.sample.batch_size)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image((images + 1) / 2, path, nrow=self.cfg.grid.per_class, padding=2, pad_value=1.0)
+        return path
+
+    def on_run_end(self, model, run_dir, tracker) -> None:
+        from accelerate.utils import extract_model_from_parallel
+
+        # the trainer passes the raw weights; the last evaluation saw the EMA weights when there is an EMA
+        model = extract_model_from_parallel(self.last_eval_model or model).eval()
+        path = self.write_grid(model, Path(run_dir) / "samples.png")
+        tracker.log_image("samples", path, self.step + 1)
+        log.info("sample grid: %s", path)
