@@ -40,6 +40,7 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["norm.alpha_init={attn:1.0,ffn:0.5}"], "attn, ffn, final"),
     (["task.data.root=/no/such/imagenet"], "task.data.root=/no/such/imagenet does not exist"),
     (["norm.type=batchtanh"], "known: dyt, derf"),
+    (["norm.kernel=cuda"], "norm.kernel='cuda' is unknown"),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
     run_dir = tmp_path / "run"
@@ -78,6 +79,15 @@ def test_same_seed_gives_layernorm_and_dyt_the_same_other_weights():
     dyt_state = dyt_model.state_dict()
     shared = {k: v for k, v in ln_model.state_dict().items() if not k.startswith(norm_paths)}
     assert len(shared) > 10 and all(torch.equal(v, dyt_state[k]) for k, v in shared.items())
+
+
+def test_norm_kernel_reaches_every_dyt_layer():
+    from dyt import DynamicTanh
+    from dyt.train.run import build
+
+    _, model, _ = build(compose_cfg(*TINY_VIT, "norm=dyt", "norm.kernel=eager"))
+    layers = [m for m in model.modules() if isinstance(m, DynamicTanh)]
+    assert len(layers) == 5 and {m.kernel for m in layers} == {"eager"}
 
 
 # ------------------------------------------------------------------ resume

@@ -66,6 +66,7 @@ class NormConfig:
     elementwise_affine: Optional[bool] = None
     bias: Optional[bool] = None
     eps: Optional[float] = None  # layernorm, rmsnorm
+    kernel: Optional[str] = None  # dyt / derf implementation: auto | eager | compiled | triton | cpu (dyt.kernels)
 
 
 def register_schemas() -> None:
@@ -74,7 +75,8 @@ def register_schemas() -> None:
     store.store(group="norm", name="_schema", node=NormConfig)
 
 
-NORM_SWITCHES = ("fn", "learn_alpha", "alpha_per_channel", "shift_init", "elementwise_affine", "bias", "eps")
+NORM_SWITCHES = ("fn", "learn_alpha", "alpha_per_channel", "shift_init", "elementwise_affine", "bias", "eps",
+                 "kernel")
 ALPHA_NORMS = ("dyt", "derf")
 
 
@@ -150,6 +152,11 @@ def validate(cfg: DictConfig) -> None:
         _check_alpha(cfg.norm.alpha_init)
     if cfg.norm.type == "dyt" and cfg.norm.fn not in (None, "tanh", "hardtanh", "sigmoid"):
         raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use tanh, hardtanh or sigmoid")
+    if cfg.norm.kernel is not None:
+        from dyt.kernels import KERNELS
+
+        if cfg.norm.kernel not in KERNELS:
+            raise ConfigError(f"norm.kernel={cfg.norm.kernel!r} is unknown; use one of {', '.join(KERNELS)}")
     trainer = cfg.trainer
     if trainer.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"trainer.mixed_precision={trainer.mixed_precision!r}; use no, bf16 or fp16")
