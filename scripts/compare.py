@@ -2,7 +2,7 @@
 diverged runs marked, never dropped) and, for a 2-D grid, a heatmap, written to results/<name>/.
 
     python scripts/compare.py multirun/2026-11-27_10-00-00-ab12cd            # a sweep folder
-    python scripts/compare.py outputs/vit/norm=dyt outputs/vit/norm=layernorm # run folders
+    python scripts/compare.py outputs/vit/norm:dyt outputs/vit/norm:layernorm # run folders
     python scripts/compare.py --wandb my-team/dyt-suite --group vit-cpu       # runs from the wandb API
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's Fig. 8: each DyT layer's α against 1/std of its input, through training (left) and at the
 end across layers (right), from a DyT run's logged metrics (`alpha/<layer>`, `input_std/<layer>`).
 
-    python scripts/plot_alpha_std.py outputs/vit/norm=dyt            # → results/<run name>/alpha_std.png
+    python scripts/plot_alpha_std.py outputs/vit/norm:dyt            # → results/<run name>/alpha_std.png
 """
 from __future__ import annotations
 

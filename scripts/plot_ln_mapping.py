@@ -3,7 +3,7 @@ checkpoint, runs one validation batch and scatters each layer's input against it
 early layers nearly linear, deeper ones S-shaped. Coloured by token (each token a line of slope 1/std) and
 by channel (a few channels carry the extremes).
 
-    python scripts/plot_ln_mapping.py outputs/vit/norm=layernorm     # → results/<run name>/ln_mapping_*.png
+    python scripts/plot_ln_mapping.py outputs/vit/norm:layernorm     # → results/<run name>/ln_mapping_*.png
 """
 from __future__ import annotations
 

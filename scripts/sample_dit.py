@@ -1,7 +1,7 @@
 """Write a grid of DiT samples (one row per class) from a checkpoint.
 
-    python scripts/sample_dit.py outputs/dit/norm=dyt                       # a run folder: its latest checkpoint
-    python scripts/sample_dit.py outputs/dit/norm=dyt/checkpoints/step_00001200 --out grid.png \
+    python scripts/sample_dit.py outputs/dit/norm:dyt                       # a run folder: its latest checkpoint
+    python scripts/sample_dit.py outputs/dit/norm:dyt/checkpoints/step_00001200 --out grid.png \
         --classes 3 5 8 --per-class 16 --scheduler ddpm --steps 250 --cfg-scale 4
 
 The model is rebuilt from the run's config.yaml (task, size, norm) and loaded with the EMA weights when the
