@@ -6,7 +6,8 @@ negatives are drawn from the masked frames of the same utterance (`_sample_negat
 is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss + 10 × the L2 penalty on
 the conv features, with the Gumbel temperature annealed per update (`set_step`). Losses are reported as
 fairseq logs them and the paper quotes them: summed over the masked frames, divided by their number, in
-bits (log base 2).
+bits (log base 2); with them fairseq's contrastive accuracy, which tells learning from chance (≈ 1/(number
+of distinct candidates)) where the loss barely moves, and the codebook perplexities, which tell a collapse.
 
 Norms: the first norm of the conv feature extractor (Base's GroupNorm, Large's first conv LayerNorm) is
 kept, as in the paper; every other LayerNorm (Transformer blocks, the encoder's LayerNorm, the feature
@@ -131,7 +132,8 @@ class Wav2Vec2Pretraining(Task):
         mask = _compute_mask_indices((n, frames), c.mask_time_prob, c.mask_time_length, min_masks=c.mask_time_min_masks)
         negatives = _sample_negative_indices((n, frames), c.num_negatives, mask)
         mask = torch.from_numpy(mask).to(waves.device)
-        out = model(waves, mask_time_indices=mask, sampled_negative_indices=torch.from_numpy(negatives).to(waves.device))
+        out = model(waves, mask_time_indices=mask)
+        contrastive, correct = self._contrastive(out, mask, torch.from_numpy(negatives).to(waves.device))
         # codebook perplexities over the masked frames: of the softmax (fairseq's prob_perplexity, which
         # the diversity loss uses, in training and validation alike) and of the chosen codes
         groups, entries = c.num_codevector_groups, c.num_codevectors_per_group
@@ -142,14 +144,33 @@ class Wav2Vec2Pretraining(Task):
         masked = mask.sum()
         diversity = (groups * entries - prob_ppl) / (groups * entries)
         feature_pen = self._captured.pop("feature_pen")
-        contrastive = out.contrastive_loss / masked
+        contrastive = contrastive / masked
         total = contrastive + c.diversity_loss_weight * diversity + self.cfg.feature_penalty * feature_pen
         return {"loss": total / math.log(2), "contrastive": contrastive / math.log(2), "diversity": diversity,
-                "feature_pen": feature_pen, "prob_ppl": prob_ppl, "code_ppl": code_ppl, "masked": masked}
+                "feature_pen": feature_pen, "prob_ppl": prob_ppl, "code_ppl": code_ppl, "accuracy": correct / masked,
+                "masked": masked}
+
+    def _contrastive(self, out, mask, negatives):
+        """fairseq's InfoNCE summed over the masked frames, and how many of them rank their own quantized
+        target first (fairseq's `correct`: a tie of all candidates counts as wrong; a collapsed codebook, whose
+        distractors are all left out, scores every frame right, so read it with code_ppl). transformers computes
+        the same loss inside the model but returns no logits, so both come from here."""
+        predicted, targets = out.projected_states[mask], out.projected_quantized_states
+        positives = targets[mask]
+        distractors = targets.reshape(-1, targets.shape[-1])[negatives[mask].long()]
+        candidates = torch.cat([positives[:, None], distractors], dim=1)
+        logits = F.cosine_similarity(predicted[:, None].float(), candidates.float(), dim=-1)
+        logits = logits / self.config.contrastive_logits_temperature
+        # a distractor quantized to the positive's codes cannot be told apart from it: left out, as in fairseq
+        logits[:, 1:][(distractors == positives[:, None]).all(-1)] = float("-inf")
+        loss = F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long), reduction="sum")
+        correct = ((logits.argmax(-1) == 0) & (logits.argmin(-1) != 0)).sum()
+        return loss, correct
 
     def loss(self, model, batch):
         losses = self._losses(model, batch)
-        metrics = {k: float(losses[k].detach()) for k in ("contrastive", "prob_ppl", "code_ppl", "feature_pen")}
+        logged = ("contrastive", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
+        metrics = {k: float(losses[k].detach()) for k in logged}
         return losses["loss"], {**metrics, "temperature": self.temperature}
 
     def eval_step(self, model, batch):

@@ -124,10 +124,34 @@ def test_debug_run_reports_loss_in_bits_per_masked_frame_and_codebook_perplexity
     # near chance at the start: InfoNCE over 1 positive + 100 negatives is about log2(101) bits
     assert 0.5 * np.log2(101) < final["val/contrastive"] < 1.5 * np.log2(101)
     assert final["val/loss"] >= final["val/contrastive"]
+    assert 0 <= final["val/accuracy"] < 0.25  # the positive ranked first about as often as chance has it
     assert 1 <= final["val/code_ppl"] <= 2 * 32 and 1 <= final["val/prob_ppl"] <= 2 * 32
     norms = (tmp_path / "run" / "norms.txt").read_text()
     assert "GroupNorm kept" in norms and "DynamicTanh" in norms
     assert list((cache / "speech").glob("*.npz"))
+
+
+def test_contrastive_loss_is_transformers_and_accuracy_counts_the_positive_ranked_first():
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+    task = Wav2Vec2Pretraining(task_config("task.size=debug").task)
+    model = task.build_model().eval()
+    waves = torch.randn(2, 16_000)
+    frames = int(model._get_feat_extract_output_lengths(waves.shape[1]))
+    rng = np.random.get_state()
+    np.random.seed(0)
+    mask = _compute_mask_indices((2, frames), 0.65, 10, min_masks=2)
+    negatives = torch.from_numpy(_sample_negative_indices((2, frames), 100, mask))
+    np.random.set_state(rng)
+    mask = torch.from_numpy(mask)
+    with torch.no_grad():
+        reference = model(waves, mask_time_indices=mask, sampled_negative_indices=negatives).contrastive_loss
+        out = model(waves, mask_time_indices=mask)
+        loss, correct = task._contrastive(out, mask, negatives)
+        assert loss == pytest.approx(float(reference), rel=1e-5)
+        assert 0 <= correct <= mask.sum()
+        out.projected_states = out.projected_quantized_states.clone()  # every target predicted exactly
+        assert task._contrastive(out, mask, negatives)[1] == mask.sum()
 
 
 def test_librispeech_layout_is_read_resampled_and_batched(tmp_path):
