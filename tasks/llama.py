@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyt.train.config import ConfigError
 from dyt.train.task import Task
 
 from .data.text import TextCorpus
@@ -65,13 +66,22 @@ class ScaledEmbedding(nn.Embedding):
 
 
 class Llama(Task):
+    loss_is_nll = True
     # the paper's roles, said explicitly rather than left to dyt.convert's name patterns
     norm_roles = {r"input_layernorm$": "attn", r"post_attention_layernorm$": "ffn", r"^model\.norm$": "final"}
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.size not in SIZES:
+            raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+        if cfg.data.streaming and not cfg.data.path:
+            raise ConfigError("task.data.streaming=true streams local files: give task.data.path=<file or folder>")
+        if cfg.data.seq_len < 2:
+            raise ConfigError(f"task.data.seq_len={cfg.data.seq_len} must be at least 2 (a token and its next)")
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.size not in SIZES:
-            raise ValueError(f"task.size={cfg.size!r} is unknown; known: {', '.join(SIZES)}")
+        self.check_config(cfg)
         self.corpus = TextCorpus(cfg.data)
         self.seq_len = cfg.data.seq_len
 
@@ -125,9 +135,7 @@ class Llama(Task):
         return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
 
     def loss(self, model, batch):
-        loss = self._token_losses(model, batch).mean()
-        # the trainer averages this over the steps between log lines
-        return loss, {"ppl": perplexity(loss.item())}
+        return self._token_losses(model, batch).mean(), {}
 
     def eval_step(self, model, batch):
         losses = self._token_losses(model, batch)

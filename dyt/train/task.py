@@ -24,6 +24,7 @@ class Task:
     headline = Headline("val/loss", higher_is_better=False)
     flops_per_sample: float | None = None  # forward + backward FLOPs per sample, for MFU where a GPU peak is known
     norm_roles: dict[str, str] | None = None  # module-path regex → attn / ffn / final, before dyt's defaults
+    loss_is_nll: bool = False  # train/loss is a mean negative log-likelihood: also log train/ppl = exp(train/loss)
     norm_exclude: tuple[str, ...] = ()  # module-path regexes of norms the paper keeps (wav2vec 2.0's GroupNorm)
 
     def __init__(self, cfg: DictConfig):

@@ -282,6 +282,8 @@ class Trainer:
             achieved = self.task.flops_per_sample * metrics["samples_per_s"]
             metrics["mfu"] = achieved / (self.peak_flops * acc.num_processes)
         metrics.update({f"train/{k}": v / window.steps for k, v in window.metrics.items()})
+        if self.task.loss_is_nll:  # of the window's mean loss: a mean of per-step exp(loss) would be biased up
+            metrics["train/ppl"] = math.exp(min(metrics["train/loss"], 700))
         metrics.update({f"alpha/{k}": v for k, v in alpha_values(self.raw_model).items()})
         metrics.update({f"input_std/{k}": v for k, v in stds.items()})
         if torch.cuda.is_available():

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from .cache import cache_lock
+
 EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 END_OF_TEXT = "<|endoftext|>"
 # file suffix → datasets builder; compressed files (.gz, .zst, …) are read through fsspec
@@ -117,7 +119,8 @@ def load_tokenizer(path: str | Path):
 
     tokenizer = AutoTokenizer.from_pretrained(str(Path(path).expanduser()), local_files_only=True)
     if end_of_text_id(tokenizer) is None:
-        raise ValueError(f"tokenizer {path} has neither an eos nor a sep token to separate documents")
+        raise ValueError(f"task.data.tokenizer_path={path} has neither an eos nor a sep token to separate "
+                         "documents; give a tokenizer with an eos token")
     return tokenizer
 
 
@@ -128,21 +131,26 @@ def end_of_text_id(tokenizer) -> int | None:
 def trained_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path):
     """A byte-level BPE tokenizer (GPT-2's scheme) trained on `texts` and saved as a transformers
     tokenizer folder; loaded from there when it already exists. Documents end with `<|endoftext|>`."""
-    if not (folder / "tokenizer.json").exists():
-        from tokenizers import ByteLevelBPETokenizer
-        from transformers import PreTrainedTokenizerFast
-
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT])
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        bpe.save(str(tmp / "tokenizer.json"))
-        wrapped = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "tokenizer.json"), eos_token=END_OF_TEXT)
-        wrapped.save_pretrained(str(tmp))  # adds tokenizer_config.json: AutoTokenizer then loads the folder
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)  # a killed run never leaves a half-written tokenizer behind
+    with cache_lock(folder):  # sweep points started together share the cache
+        if not (folder / "tokenizer.json").exists():
+            _train_tokenizer(texts, vocab_size, folder)
     return load_tokenizer(folder)
+
+
+def _train_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT])
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    bpe.save(str(tmp / "tokenizer.json"))
+    wrapped = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "tokenizer.json"), eos_token=END_OF_TEXT)
+    wrapped.save_pretrained(str(tmp))  # adds tokenizer_config.json: AutoTokenizer then loads the folder
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a killed run never leaves a half-written tokenizer behind
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -155,14 +163,15 @@ def tokenizer_id(tokenizer) -> str:
 def token_file(batches: Iterable[list[str]], tokenizer, path: Path) -> np.memmap:
     """Tokenize every document once into `path` (documents joined by the end-of-text token) and map it.
     uint16 while the vocabulary fits, else uint32; the dtype is the file's suffix."""
-    if not path.exists():
-        eot = end_of_text_id(tokenizer)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as out:
-            for texts in batches:
-                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-                    np.asarray(ids + [eot], dtype=path.suffix[1:]).tofile(out)
-        tmp.replace(path)
+    with cache_lock(path):
+        if not path.exists():
+            eot = end_of_text_id(tokenizer)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as out:
+                for texts in batches:
+                    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                        np.asarray(ids + [eot], dtype=path.suffix[1:]).tofile(out)
+            tmp.replace(path)
     return np.memmap(path, dtype=path.suffix[1:], mode="r")
 
 
@@ -230,7 +239,9 @@ class StreamedWindows(IterableDataset):
         if worker is not None:
             index, count = index * worker.num_workers + worker.id, count * worker.num_workers
         if count > 1:
-            stream = split_dataset_by_node(stream, rank=index, world_size=count)
+            # by example, never by file: `skip(val_documents)` before a by-file split would skip only a share
+            # of the validation documents on each rank and train on the rest of them
+            stream = split_dataset_by_node(stream, rank=index, world_size=count, strategy="examples")
         stream.set_epoch(self.epoch)  # after the split, which forgets the epoch
         return stream
 
