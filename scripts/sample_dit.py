@@ -38,9 +38,11 @@ def load_model(checkpoint: Path, cfg, use_ema: bool = True):
     from dyt.train.checkpoint import model_weights
     from dyt.train.config import norm_spec
 
+    cfg.task.eval.fid = False  # a grid needs no Inception weights
     task = get_class(cfg.task._target_)(cfg.task)
     model = task.build_model()
-    convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
+    if cfg.norm.type != "native":  # the run kept the model's own norms
+        convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
     weights = model_weights(checkpoint)
     ema = checkpoint / "custom_checkpoint_0.pkl"  # accelerate's file for the trainer's registered EMA
     if use_ema and cfg.trainer.get("ema_decay") and ema.exists():

@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 from .dit_model import build_dit
 
 log = logging.getLogger(__name__)
 
-STATISTICS_NORMS = ("layernorm", "rmsnorm")  # adaLN-Zero kept; removed for point-wise norms and identity
+# adaLN-Zero kept (native is DiT's own LayerNorm); removed for point-wise norms and identity
+STATISTICS_NORMS = ("layernorm", "rmsnorm", "native")
 TRAIN_TIMESTEPS = 1000
 
 
@@ -112,13 +114,42 @@ def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: st
 
 
 class DiTTask(Task):
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        from .dit_model import SIZES
+        from .fid import INCEPTION_FILE, find_inception
+
+        if cfg.size not in SIZES:
+            raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+        if cfg.data.root:
+            if not cfg.vae.path:
+                raise ConfigError("task.data.root is set: DiT trains in latent space, give task.vae.path=<local AutoencoderKL>")
+            for split in ("train", "val"):
+                if not (Path(cfg.data.root) / split).is_dir():
+                    raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
+                                      f"needs train/<class>/<image> and val/<class>/<image>")
+        elif cfg.data.require_root:  # never a 400k-step run on the digits by mistake
+            raise ConfigError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
+        if cfg.sample.scheduler not in ("ddpm", "ddim"):
+            raise ConfigError(f"task.sample.scheduler={cfg.sample.scheduler} is unknown; use ddpm or ddim")
+        guided = cfg.sample.cfg_scale != 1 or (cfg.grid.cfg_scale or 1) != 1
+        if guided and not cfg.model.class_dropout:
+            raise ConfigError("classifier-free guidance needs the null class: task.model.class_dropout > 0 "
+                              "(DiT: 0.1), or task.sample.cfg_scale=1 task.grid.cfg_scale=1")
+        num_classes = cfg.data.num_classes if cfg.data.root else 10
+        if cfg.grid.classes and max(cfg.grid.classes) >= num_classes:
+            raise ConfigError(f"task.grid.classes={list(cfg.grid.classes)} has ids ≥ {num_classes}, the number of classes")
+        if cfg.eval.reference and not Path(cfg.eval.reference).expanduser().exists():
+            raise ConfigError(f"task.eval.reference={cfg.eval.reference} does not exist; give a local .npz or null")
+        weights = find_inception(cfg.eval.inception_path)
+        if cfg.eval.fid is True and (weights is None or not weights.exists()):
+            raise ConfigError(f"task.eval.fid=true needs Inception weights at a local path: "
+                              f"task.eval.inception_path=/path/to/{INCEPTION_FILE}")
+
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.check_config(cfg)
         self.embedded = not cfg.data.root
-        if self.embedded and cfg.data.require_root:
-            raise ValueError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
-        if not self.embedded and not cfg.vae.path:
-            raise ValueError("task.data.root is set: DiT trains in latent space, give task.vae.path=<local AutoencoderKL>")
         self.num_classes = 10 if self.embedded else cfg.data.num_classes
         if self.embedded:
             self.channels, self.input_size = 1, cfg.data.digit_size
@@ -138,15 +169,12 @@ class DiTTask(Task):
 
     def _choose_metric(self) -> tuple[str | None, str | None]:
         """("inception", "fid"), ("digits", "fd_mnist_classifier") or (None, None) — without downloading."""
-        from .fid import INCEPTION_FILE, find_inception
+        from .fid import find_inception
 
         fid = self.cfg.eval.fid
         weights = find_inception(self.cfg.eval.inception_path)
         if fid is True or (fid == "auto" and not self.embedded and weights is not None):
-            if weights is None or not weights.exists():
-                raise FileNotFoundError(f"task.eval.fid=true needs Inception weights at a local path: "
-                                        f"task.eval.inception_path=/path/to/{INCEPTION_FILE}")
-            return "inception", "fid"
+            return "inception", "fid"  # check_config made sure the weights are there
         if self.embedded and fid is not False:
             return "digits", "fd_mnist_classifier"
         if fid == "auto" and not self.embedded:
@@ -227,7 +255,7 @@ class DiTTask(Task):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, model, batches, reduce):
-        """Val loss at fixed noise and timesteps (comparable across evaluations and runs), then the
+        """Val loss at fixed noise and timesteps (comparable across evaluations, and across runs with the same number of processes), then the
         Fréchet distance of `eval.num_samples` samples (`eval.final_num_samples` at the last step)."""
         self.last_eval_model = model
         totals = {"loss": 0.0, "mse": 0.0, "count": 0.0}
@@ -262,6 +290,11 @@ class DiTTask(Task):
         return value
 
     def _frechet_metric(self, state):
+        # built at the first evaluation (again after a resume): it must not draw from the training's RNG
+        with torch.random.fork_rng(devices=[]):
+            return self._build_frechet_metric(state)
+
+    def _build_frechet_metric(self, state):
         if self.metric == "digits" and not hasattr(self, "_fd"):
             from .fid import cache_dir, digit_features, frechet_metric
 

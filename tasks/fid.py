@@ -23,7 +23,7 @@ CLASSIFIER_FILE = "fd_mnist_classifier-v2.pt"
 
 
 def cache_dir(configured: str | None) -> Path:
-    return Path(configured or os.environ.get("DYT_CACHE") or "~/.cache/dyt-suite").expanduser()
+    return Path(configured or os.environ.get("DYT_CACHE_DIR") or "~/.cache/dyt-suite").expanduser()
 
 
 def find_inception(path: str | None) -> Path | None:
@@ -51,16 +51,19 @@ class DigitFeatures(nn.Sequential):
 def digit_features(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    folder: Path, epochs: int = 4) -> DigitFeatures:
     """The feature network of a digit classifier trained on `train` ([-1, 1] images, labels), loaded from
-    `folder` if it was trained before. Training is seeded and leaves the global RNG untouched."""
+    `folder` if it was trained before. Building and training are seeded and leave the global RNG untouched, so
+    a run's training draws the same numbers whether the classifier was cached or not."""
     path = folder / CLASSIFIER_FILE
-    features = DigitFeatures()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        features = DigitFeatures()
+        head = nn.Linear(features.num_features, 10)
     if path.exists():
         features.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["features"])
         return features.eval()
     images, labels = train
-    head = nn.Linear(features.num_features, int(labels.max()) + 1)
     model = nn.Sequential(features, head)
-    with torch.random.fork_rng(), torch.enable_grad():  # evaluation runs under no_grad
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # evaluation runs under no_grad
         torch.manual_seed(0)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
         for _ in range(epochs):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from .cache import cache_lock
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ class LatentDataset(Dataset):
         self.latents = np.load(folder / "latents.npy", mmap_mode="r")
         self.labels = torch.from_numpy(np.load(folder / "labels.npy"))
         self.flips = flips
-        self.meta = json.loads((folder / "meta.json").read_text())
 
     def __len__(self) -> int:
         return len(self.labels) * (2 if self.flips else 1)
@@ -66,13 +68,23 @@ def cached_latents(root: Path, split: str, vae_path: str, image_size: int, cache
                    max_images: int | None = None, batch_size: int = 64, num_workers: int = 4) -> Path:
     """The cache folder of `root/split` encoded by the VAE at `vae_path`; encodes it first if needed."""
     from accelerate import PartialState
-    from torchvision.datasets import ImageFolder
 
     key = f"{Path(root).resolve() / split}|{Path(vae_path).resolve()}|{image_size}|{max_images}"
     folder = cache_root / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     if (folder / "COMPLETE").exists():
         return folder
     state = PartialState()
+    # the main processes of runs started together take turns; the first encodes, the others find it done
+    with cache_lock(folder) if state.is_main_process else nullcontext():
+        state.wait_for_everyone()
+        if not (folder / "COMPLETE").exists():
+            _encode(root, split, vae_path, image_size, folder, state, max_images, batch_size, num_workers)
+    return folder
+
+
+def _encode(root, split, vae_path, image_size, folder, state, max_images, batch_size, num_workers) -> None:
+    from torchvision.datasets import ImageFolder
+
     images = ImageFolder(str(Path(root) / split), image_transform(image_size))
     rows = np.arange(len(images))
     if max_images and max_images < len(rows):  # evenly spaced, so every class keeps its share
@@ -105,4 +117,3 @@ def cached_latents(root: Path, split: str, vae_path: str, image_size: int, cache
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
         (folder / "COMPLETE").touch()
     state.wait_for_everyone()
-    return folder
