@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
+from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 from .data import speech
@@ -59,10 +60,14 @@ def numpy_seed(seed: int):
 class Wav2Vec2Pretraining(Task):
     headline = Headline("val/loss", higher_is_better=False)
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.size not in SIZES:
+            raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.size not in SIZES:
-            raise ValueError(f"task.size={cfg.size!r} is unknown; known: {', '.join(SIZES)}")
+        self.check_config(cfg)
         defaults = Wav2Vec2Config()  # its fields are typed: `task.model.layerdrop=0` must reach it as 0.0
         overrides = {k: float(v) if isinstance(getattr(defaults, k, None), float) and isinstance(v, int) else v
                      for k, v in OmegaConf.to_container(cfg.model).items()}

@@ -41,6 +41,10 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["task.data.root=/no/such/imagenet"], "task.data.root=/no/such/imagenet does not exist"),
     (["norm.type=batchtanh"], "known: dyt, derf"),
     (["norm.kernel=cuda"], "norm.kernel='cuda' is unknown"),
+    (["task=llama", "task.size=huge"], "task.size=huge is unknown"),
+    (["task=caduceus", "task.size=huge"], "task.size=huge is unknown for caduceus"),
+    (["task=dit", "task.sample.scheduler=euler"], "task.sample.scheduler=euler is unknown"),
+    (["task=dit", "task.model.class_dropout=0"], "task.model.class_dropout > 0"),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
     run_dir = tmp_path / "run"

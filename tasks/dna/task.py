@@ -13,6 +13,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 
+from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 from ..data import genome
@@ -27,12 +28,19 @@ class GenomeTask(Task):
     sizes: dict[str, dict] = {}
     collate_fn = staticmethod(pad_collate)
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.stage not in STAGES:
+            raise ConfigError(f"task.stage={cfg.stage} is unknown; use pretrain or finetune")
+        if cfg.size not in cls.sizes:
+            raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.name}; known: {', '.join(cls.sizes)}")
+        if cfg.stage == "finetune" and cfg.data.root and not (Path(cfg.data.root) / "train").is_dir():
+            raise ConfigError(f"task.data.root={cfg.data.root} has no train/ folder; a GenomicBenchmarks dataset "
+                              "has train/<class>/*.txt and test/<class>/*.txt")
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        if cfg.stage not in STAGES:
-            raise ValueError(f"task.stage={cfg.stage!r}; use pretrain or finetune")
-        if cfg.size not in self.sizes:
-            raise ValueError(f"task.size={cfg.size!r} is unknown for {cfg.name}; known: {', '.join(self.sizes)}")
+        self.check_config(cfg)
         self.finetune = cfg.stage == "finetune"
         self.headline = Headline("val/acc", True) if self.finetune else Headline("val/loss", False)
         self.num_classes = None
