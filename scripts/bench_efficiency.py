@@ -6,7 +6,7 @@
    eager (HF's LlamaRMSNorm as shipped, DyT's formula), with each norm layer torch.compile'd, torch's own
    nn.RMSNorm, and DyT's fused kernel.
 2. Full training steps (forward, loss, backward, clipping, AdamW) of the suite's CPU-scale defaults — the ViT
-   of tasks/image_classification.py on 1×28×28 digits, batch 64, and the LLaMA of tasks/llama.py, batch 32 of
+   of tasks/image_classification.py on 1×28×28 digits, batch 64, and the LLaMA of tasks/llama.py, batch 16 of
    128 tokens — with DyT against the model's native norm, as a ratio.
 
     python scripts/bench_efficiency.py                               # → results/efficiency/
@@ -180,24 +180,20 @@ def vit_default():
 def llama_default():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    try:
-        from tasks.llama import SIZES, ScaledEmbedding
-        fields, scaled = SIZES["cpu"], ScaledEmbedding
-    except ImportError:  # the suite's CPU LLaMA, as tasks/llama.py builds it
-        fields = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4)
-        scaled = None
+    from tasks.llama import SIZES, ScaledEmbedding
+
+    fields = SIZES["cpu"]
     config = LlamaConfig(vocab_size=4096, max_position_embeddings=128, tie_word_embeddings=False, **fields)
     model = LlamaForCausalLM(config)
-    tokens = torch.randint(0, 4096, (32, 129))
+    tokens = torch.randint(0, 4096, (16, 129))  # configs/task/llama.yaml: batch 16 of 128 tokens
 
     def loss(m):
         logits = m(input_ids=tokens[:, :-1]).logits
         return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
 
     def adapt(m):  # DyT runs scale the embedding by a learnable √d, as tasks/llama.py does
-        if scaled is not None:
-            emb = m.get_input_embeddings()
-            m.set_input_embeddings(scaled.wrap(emb, emb.embedding_dim ** 0.5))
+        emb = m.get_input_embeddings()
+        m.set_input_embeddings(ScaledEmbedding.wrap(emb, emb.embedding_dim ** 0.5))
 
     return model, loss, "LLaMA CPU default (tasks/llama.py)", {"adapt": adapt, "alpha_init": "auto"}
 

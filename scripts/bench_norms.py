@@ -38,7 +38,7 @@ from dyt.kernels import ops  # noqa: E402
 SHAPES = {
     "cpu": [
         ("ViT CPU default (64×16 tokens, 128)", (64, 16, 128), True),
-        ("LLaMA CPU default (32×128 tokens, 256)", (32, 128, 256), True),
+        ("LLaMA CPU default (16×128 tokens, 256)", (16, 128, 256), True),
         ("(16, 256, 256)", (16, 256, 256), True),
         ("(8, 1024, 1024)", (8, 1024, 1024), True),
         ("ViT-B (8×197 tokens, 768)", (8, 197, 768), True),

@@ -20,7 +20,6 @@ from ..functional import pointwise_norm
 from . import ops
 
 KERNELS = ("auto", "eager", "compiled", "triton", "cpu")
-FUSED = ("auto", "triton", "cpu")
 
 
 def check_kernel(kernel: str | None) -> str | None:
@@ -29,7 +28,9 @@ def check_kernel(kernel: str | None) -> str | None:
     return kernel
 
 
-_default = check_kernel(os.environ.get("DYT_KERNEL") or "auto")
+_default = os.environ.get("DYT_KERNEL") or "auto"
+if _default not in KERNELS:
+    raise ValueError(f"DYT_KERNEL={_default!r} is unknown; use one of {', '.join(KERNELS)}")
 
 
 def set_default_kernel(kernel: str) -> None:

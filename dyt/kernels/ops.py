@@ -85,7 +85,7 @@ def resolve(name: str, x: Tensor):
             name = "cpu" if x.device.type == "cpu" and cpu.available() else "torch"
     if name == "cpu":
         if x.device.type != "cpu":
-            raise ValueError(f"kernel='cpu' runs CPU tensors, got one on {x.device}")
+            raise ValueError(f"kernel='cpu' (norm.kernel=cpu) runs CPU tensors, got one on {x.device}; use kernel='auto'")
         if not cpu.available():
             raise RuntimeError("kernel='cpu': the C++ extension could not be built (see the log); use kernel='auto'")
         return cpu
