@@ -64,8 +64,8 @@ def table(groups: dict[str, list[Run]]) -> str:
     headline = next((r.headline for rs in groups.values() for r in rs if r.headline.get("name")), {})
     name = headline.get("name", "headline")
     arrow = "↑" if headline.get("higher_is_better", True) else "↓"
-    lines = [f"| configuration | seeds | status | final {name} {arrow} | best {name} {arrow} |",
-             "|---|---|---|---|---|"]
+    lines = [f"| configuration | seeds | status | final {name} {arrow} | best {name} {arrow} | wall time (min) |",
+             "|---|---|---|---|---|---|"]
     for label, runs in groups.items():
         finished = [r for r in runs if r.status == "completed"]
         finals = [r.headline["value"] for r in finished if isinstance(r.headline.get("value"), (int, float))]
@@ -77,7 +77,8 @@ def table(groups: dict[str, list[Run]]) -> str:
             f"{len(rs)} {s}" + (f" (step {', '.join(str(r.summary.get('steps')) for r in rs)})" if s == "diverged" else "")
             for s, rs in sorted(statuses.items()))
         final = _mean_std(finals) if finals else ("**diverged**" if "diverged" in statuses else "–")
-        lines.append(f"| {label} | {len(runs)} | {status} | {final} | {_mean_std(bests)} |")
+        minutes = [r.summary["wall_seconds"] / 60 for r in finished if r.summary.get("wall_seconds")]
+        lines.append(f"| {label} | {len(runs)} | {status} | {final} | {_mean_std(bests)} | {_mean_std(minutes)} |")
     return "\n".join(lines)
 
 

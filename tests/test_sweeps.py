@@ -63,6 +63,8 @@ def test_compare_writes_curves_and_a_table_that_marks_divergence(sweep, tmp_path
     assert len(rows) == 6  # (dyt α₀ 0.5, 1 + layernorm) × 2 learning rates; duplicates left out
     assert sum("**diverged**" in row for row in rows) >= 2
     assert any(row.startswith("| dyt-a0.5 lr=0.002") for row in rows)
+    completed = [row for row in rows if "**diverged**" not in row]
+    assert completed and all(float(row.rstrip(" |").rsplit("| ", 1)[1]) > 0 for row in completed)  # wall time
     assert (tmp_path / "tiny" / "curves.png").stat().st_size > 10_000
 
 
