@@ -172,6 +172,8 @@ def test_experiment_configs_are_the_papers_recipe(tmp_path, name, size):
     import dyt.train  # noqa: F401  (registers the schemas and resolvers)
 
     _tiny_vae(tmp_path / "vae", blocks=4)  # SD's VAE geometry: 4 channels, ÷8
+    for split in ("train", "val"):  # an ImageFolder tree's layout (check_config looks for it)
+        (tmp_path / split).mkdir()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         bare = compose("train", overrides=[f"experiment={name}", "norm=dyt"])
         cfg = compose("train", overrides=[f"experiment={name}", "norm=dyt", f"task.data.root={tmp_path}",
