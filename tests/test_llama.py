@@ -144,7 +144,7 @@ def test_jsonl_folder_trains_end_to_end(tmp_path, jsonl_folder):
     # the token file holds every document's `content`, in order, each ended by the end-of-text token
     from tasks.data.text import load_tokenizer
 
-    tokenizer = load_tokenizer(next((cache / "tokenizers").iterdir()))
+    tokenizer = load_tokenizer(next(p for p in (cache / "tokenizers").iterdir() if p.is_dir()))  # not the .lock
     token_file = next((cache / "tokens").glob("*.uint16"))
     stories = [json.loads(line)["content"] for f in sorted(jsonl_folder.iterdir()) for line in f.read_text().splitlines()]
     expected = [i for ids in tokenizer(stories, add_special_tokens=False)["input_ids"] for i in ids + [tokenizer.eos_token_id]]
