@@ -3,8 +3,6 @@ end to end on the embedded digits (grid PNG, Fréchet distance, scripts/sample_d
 tiny ImageFolder encoded by a tiny local VAE."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -1,11 +1,8 @@
 """The spine's promises: clear config errors, exact resume, preemption, divergence, tracking, pairing."""
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
