@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dyt import DynamicTanh, LayerNorm2d, RMSNorm2d  # noqa: E402
-from dyt.kernels import ops  # noqa: E402
+from dyt.kernels import cpu, ops  # noqa: E402
 
 # (name, shape, channels_last)
 SHAPES = {
@@ -78,20 +78,26 @@ def load() -> str:
         return "load average n/a"
 
 
+def codegen_usable(device) -> bool:
+    """Whether compiled and fused layers can run: a C++ compiler on the CPU (the fused kernel's build tells),
+    Triton on CUDA."""
+    return ops._triton() is not None if device.type == "cuda" else cpu.available()
+
+
 def methods(C: int, channels_last: bool, device, dtype) -> dict[str, nn.Module]:
-    """The layers compared, each in the layout its model uses."""
-    ln = nn.LayerNorm(C) if channels_last else LayerNorm2d(C)
-    rms = nn.RMSNorm(C) if channels_last else RMSNorm2d(C)
-    compiled_rms = torch.compile(nn.RMSNorm(C) if channels_last else RMSNorm2d(C))
-    fused_name = "triton" if device.type == "cuda" else "cpu"
+    """The layers compared, each in the layout its model uses; without a compiler, the eager ones only."""
     layers = {
-        "LayerNorm": ln,
-        "RMSNorm": rms,
-        "RMSNorm compiled": compiled_rms,
+        "LayerNorm": nn.LayerNorm(C) if channels_last else LayerNorm2d(C),
+        "RMSNorm": nn.RMSNorm(C) if channels_last else RMSNorm2d(C),
         "DyT eager": DynamicTanh(C, channels_last=channels_last, kernel="eager"),
-        "DyT compiled": DynamicTanh(C, channels_last=channels_last, kernel="compiled"),
-        f"DyT fused ({fused_name})": DynamicTanh(C, channels_last=channels_last, kernel=fused_name),
     }
+    if codegen_usable(device):
+        fused_name = "triton" if device.type == "cuda" else "cpu"
+        layers.update({
+            "RMSNorm compiled": torch.compile(nn.RMSNorm(C) if channels_last else RMSNorm2d(C)),
+            "DyT compiled": DynamicTanh(C, channels_last=channels_last, kernel="compiled"),
+            f"DyT fused ({fused_name})": DynamicTanh(C, channels_last=channels_last, kernel=fused_name),
+        })
     return {name: layer.to(device=device, dtype=dtype) for name, layer in layers.items()}
 
 
@@ -235,6 +241,8 @@ def main(argv=None) -> None:
     torch._dynamo.config.cache_size_limit = 64  # one compiled graph per shape and method
     torch._dynamo.config.accumulated_cache_size_limit = 1024
     fused = ops.resolve("auto", torch.empty(0, device=device))  # builds the CPU kernel first, if it must
+    if not codegen_usable(device):
+        print("no C++ compiler (CPU) / Triton (CUDA): compiled and fused layers are left out", flush=True)
     start_load = load()
     results = []
     for name, shape, channels_last in shapes:

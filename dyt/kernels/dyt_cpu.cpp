@@ -6,8 +6,9 @@
 // gradients are bitwise the same at any thread count (no atomics).
 //
 // Layouts: "rows" (channels-last: x is [N, C] with C contiguous) and "planes" (channels-first: x is
-// [B, C, S], each (b, c) plane of S elements shares one α, γ, β). Arithmetic and accumulation are fp32
-// whatever the storage type (fp32, bf16, fp16).
+// [B, C, S], each (b, c) plane of S elements shares one α, γ, β), and channels-last tensors stored
+// channels-first, read in transposed tiles (see "rows stored as planes"). Arithmetic and accumulation are
+// fp32 whatever the storage type (fp32, bf16, fp16).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -193,6 +194,96 @@ void backward_rows(const O* dy, const T* x, T* dx, int64_t E, int64_t L, int64_t
   });
 }
 
+// ---------------------------------------------------------------- rows stored as planes
+// A channels-last tensor whose memory is channels-first, [B, S, C] stored as [B, C, S]: timm's ViTs
+// (`flatten(2).transpose(1, 2)` after the patch convolution, kept by every residual add) and ConvNeXt blocks
+// (`permute(0, 2, 3, 1)`). Read in tiles of kTile positions × C channels, transposed into a small buffer in
+// L1, and run as rows from there; y and dx come out contiguous, as from a copy, without the copy's pass over
+// memory.
+constexpr int64_t kTile = 16;
+
+struct Tiles {
+  int64_t B, C, S, per_b, count;
+  Tiles(int64_t B_, int64_t C_, int64_t S_) : B(B_), C(C_), S(S_), per_b(ceil_div(S_, kTile)), count(B_ * per_b) {}
+  int64_t first_row(int64_t t) const { return (t / per_b) * S + (t % per_b) * kTile; }  // rows: [B·S, C]
+  int64_t rows(int64_t t) const { return std::min(kTile, S - (t % per_b) * kTile); }
+  // tile t of x ([B, C, S] in memory) as rows(t) × C in buf
+  template <typename T>
+  void gather(const T* x, int64_t t, T* buf) const {
+    const T* src = x + (t / per_b) * C * S + (t % per_b) * kTile;
+    for (int64_t c = 0; c < C; c += kTile)
+      at::vec::transpose_mxn<T>(src + c * S, S, buf + c, C, std::min(kTile, C - c), rows(t));
+  }
+};
+
+// tiles [t0, t1) in pieces of about kPiece elements, the pages of the output's rows of a piece first, as
+// in_pieces does (consecutive tiles cover consecutive rows)
+template <typename T, typename F>
+inline void in_tile_pieces(T* out, int64_t t0, int64_t t1, const Tiles& tl, const F& fn) {
+  const int64_t step = std::max<int64_t>(1, kPiece / (kTile * tl.C));
+  for (int64_t p = t0; p < t1; p += step) {
+    const int64_t q = std::min(t1, p + step);
+#if !DYT_NO_PREFAULT
+    const int64_t end = (tl.first_row(q - 1) + tl.rows(q - 1)) * tl.C;
+    for (int64_t k = tl.first_row(p) * tl.C; k < end; k += 4096 / sizeof(T)) out[k] = T(0);
+#endif
+    for (int64_t t = p; t < q; ++t) fn(t);
+  }
+}
+
+template <typename T, typename O>
+void forward_tiles(const T* x, O* y, const Tiles& tl, const float* a, const float* g, const float* b) {
+  const int64_t C = tl.C;
+  at::parallel_for(0, tl.count, std::max<int64_t>(1, kGrain / (kTile * C)), [&](int64_t t0, int64_t t1) {
+    std::vector<T> buf(kTile * C);
+    in_tile_pieces(y, t0, t1, tl, [&](int64_t t) {
+      tl.gather(x, t, buf.data());
+      for (int64_t i = 0; i < tl.rows(t); ++i) {
+        O* yr = y + (tl.first_row(t) + i) * C;
+        for (int64_t j = 0; j < C; j += W) {
+          Vec av[2], gv[2], bv[2];
+          load_pair(a + j, av);
+          load_pair(g + j, gv);
+          load_pair(b + j, bv);
+          forward_step(buf.data() + i * C + j, yr + j, std::min(W, C - j), av, gv, bv);
+        }
+      }
+    });
+  });
+}
+
+// partial sums per block of tiles_per_block tiles, three rows of Lp floats each, as backward_rows
+template <typename T, typename O>
+void backward_tiles(const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp, int64_t tiles_per_block,
+                    const float* a, const float* ga, float* part) {
+  const int64_t C = tl.C, blocks = ceil_div(tl.count, tiles_per_block);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(kTile * C);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      float* sums = part + blk * 3 * Lp;
+      std::fill(sums, sums + 3 * Lp, 0.f);
+      const int64_t t0 = blk * tiles_per_block, t1 = std::min(tl.count, t0 + tiles_per_block);
+      in_tile_pieces(dx, t0, t1, tl, [&](int64_t t) {
+        tl.gather(x, t, buf.data());
+        for (int64_t i = 0; i < tl.rows(t); ++i) {
+          const int64_t r = tl.first_row(t) + i;
+          for (int64_t j = 0; j < C; j += W) {
+            Vec av[2], gav[2], acc[3][2];
+            load_pair(a + j, av);
+            load_pair(ga + j, gav);
+            for (int q = 0; q < 3; ++q) load_pair(sums + q * Lp + j, acc[q]);
+            backward_step(buf.data() + i * C + j, dy + r * C + j, dx + r * C + j, std::min(W, C - j), av, gav, acc);
+            for (int q = 0; q < 3; ++q) {
+              acc[q][0].store(sums + q * Lp + j);
+              acc[q][1].store(sums + q * Lp + j + VF);
+            }
+          }
+        }
+      });
+    }
+  });
+}
+
 // ---------------------------------------------------------------- planes (channels-first)
 
 template <typename T, typename O>
@@ -257,6 +348,16 @@ bool planes_stored_as_rows(const at::Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// channels-last [B, ..., C] tensors stored channels-first ([B, C, ...] contiguous) run as transposed tiles
+bool rows_stored_as_planes(const at::Tensor& x) {
+  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(-1, 1).is_contiguous();
+}
+
+Tiles tiles_of(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(-1);
+  return Tiles(B, C, B * C == 0 ? 0 : x.numel() / (B * C));
+}
+
 #define DISPATCH_DYT_TYPES(TYPE, NAME, ...)                                                     \
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)          \
                                      AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \
@@ -264,16 +365,20 @@ bool planes_stored_as_rows(const at::Tensor& x) {
 
 at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& alpha, const c10::optional<at::Tensor>& weight,
                    const c10::optional<at::Tensor>& bias, bool channels_last, bool out_float) {
-  const bool rows = channels_last || planes_stored_as_rows(x_in);
-  const at::Tensor x = channels_last ? x_in.contiguous() : rows ? x_in : x_in.contiguous();
+  const bool tiles = channels_last && rows_stored_as_planes(x_in);
+  const bool rows = !tiles && (channels_last || planes_stored_as_rows(x_in));
+  const at::Tensor x = channels_last && !tiles ? x_in.contiguous() : rows || tiles ? x_in : x_in.contiguous();
   const int64_t C = channels_last ? x.size(-1) : x.size(1);
   const Params P = make_params(alpha, weight, bias, C, rows);
-  at::Tensor y = at::empty_like(x, out_float ? at::kFloat : x.scalar_type());
+  at::Tensor y = tiles ? at::empty(x.sizes(), x.options().dtype(out_float ? at::kFloat : x.scalar_type()))
+                       : at::empty_like(x, out_float ? at::kFloat : x.scalar_type());
   const int64_t E = x.numel();
   if (E == 0) return y;
   DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_forward", [&] {
     auto run = [&](auto* out) {
-      if (rows) {
+      if (tiles) {
+        forward_tiles(x.const_data_ptr<scalar_t>(), out, tiles_of(x), P.a.data(), P.g.data(), P.b.data());
+      } else if (rows) {
         forward_rows(x.const_data_ptr<scalar_t>(), out, E, P.L, P.a.data(), P.g.data(), P.b.data());
       } else {
         const int64_t planes = x.size(0) * C;
@@ -290,15 +395,17 @@ at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& alpha, const c1
 // over channels for a scalar α and casts to the parameters' dtypes)
 std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& alpha,
                                  const c10::optional<at::Tensor>& weight, bool channels_last) {
-  const bool rows = channels_last || planes_stored_as_rows(x_in);
-  const at::Tensor x = channels_last ? x_in.contiguous() : rows ? x_in : x_in.contiguous();
-  // dy in x's memory order (contiguous, or NHWC), so that element i of one is element i of the other
-  const at::Tensor dy = dy_in.contiguous(x.is_contiguous() ? at::MemoryFormat::Contiguous
-                                                             : at::MemoryFormat::ChannelsLast);
+  const bool tiles = channels_last && rows_stored_as_planes(x_in);
+  const bool rows = !tiles && (channels_last || planes_stored_as_rows(x_in));
+  const at::Tensor x = channels_last && !tiles ? x_in.contiguous() : rows || tiles ? x_in : x_in.contiguous();
+  // dy in x's memory order (contiguous, or NHWC), so that element i of one is element i of the other; with
+  // tiles, dy and dx are contiguous and x is read transposed
+  const at::Tensor dy = dy_in.contiguous(x.is_contiguous() || tiles ? at::MemoryFormat::Contiguous
+                                                                    : at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(dy.scalar_type() == x.scalar_type() || dy.scalar_type() == at::kFloat, "dyt: dy dtype");
   const int64_t C = channels_last ? x.size(-1) : x.size(1);
   const Params P = make_params(alpha, weight, c10::nullopt, C, rows);
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = tiles ? at::empty(x.sizes(), x.options()) : at::empty_like(x);
   const int64_t E = x.numel();
   at::Tensor sums = at::zeros({3, C}, x.options().dtype(at::kFloat));  // dγ, dβ, dα per channel
   float* out = sums.mutable_data_ptr<float>();
@@ -306,10 +413,28 @@ std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& 
     std::vector<float> ga(P.Lp);  // γ·α, the factor of dx
     std::unique_ptr<float[]> part;  // partial sums, every entry written by the kernels: no zeroing
     for (int64_t i = 0; i < P.Lp; ++i) ga[i] = P.g[i] * P.a[i];
+    // the blocks' partial sums in order, then the period folded onto the channels
+    auto finish = [&](int64_t blocks) {
+      at::parallel_for(0, 3 * P.Lp, 1024, [&](int64_t k0, int64_t k1) {
+        for (int64_t blk = 1; blk < blocks; ++blk)
+          for (int64_t k = k0; k < k1; ++k) part[k] += part[blk * 3 * P.Lp + k];
+      });
+      for (int q = 0; q < 3; ++q)
+        for (int64_t i = 0; i < P.L; ++i) out[q * C + i % C] += part[q * P.Lp + i];
+    };
     DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_backward", [&] {
       const bool dy_float = dy.scalar_type() != x.scalar_type();
       auto run = [&](const auto* dyp) {
-        if (rows) {
+        if (tiles) {
+          const Tiles tl = tiles_of(x);
+          // blocks as the rows path's: ~64, at most 256K elements each
+          const int64_t tpb = std::clamp<int64_t>(ceil_div(tl.count, 64), 1, std::max<int64_t>(1, 262144 / (kTile * C)));
+          const int64_t blocks = ceil_div(tl.count, tpb);
+          part.reset(new float[blocks * 3 * P.Lp]);
+          backward_tiles(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), tl, P.Lp, tpb,
+                         P.a.data(), ga.data(), part.get());
+          finish(blocks);
+        } else if (rows) {
           const int64_t periods = ceil_div(E, P.L);
           // ~64 blocks when the tensor is large enough, each at most 256K elements: enough blocks for many
           // threads, few enough that the partial sums stay a few % of the data
@@ -318,13 +443,7 @@ std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& 
           part.reset(new float[blocks * 3 * P.Lp]);
           backward_rows(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), E, P.L, P.Lp, rpb,
                         P.a.data(), ga.data(), part.get());
-          // finish: blocks in order, then fold the period onto the channels
-          at::parallel_for(0, 3 * P.Lp, 1024, [&](int64_t k0, int64_t k1) {
-            for (int64_t blk = 1; blk < blocks; ++blk)
-              for (int64_t k = k0; k < k1; ++k) part[k] += part[blk * 3 * P.Lp + k];
-          });
-          for (int q = 0; q < 3; ++q)
-            for (int64_t i = 0; i < P.L; ++i) out[q * C + i % C] += part[q * P.Lp + i];
+          finish(blocks);
         } else {
           const int64_t planes = x.size(0) * C;
           part.reset(new float[planes * 3]);
