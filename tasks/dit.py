@@ -1,9 +1,10 @@
 """Class-conditional diffusion with DiT (the paper's Table 3): LayerNorm against DyT, samples and FID.
 
 Model: `tasks.dit_model` (the paper's DiT-S/B/L/XL with patch 2/4/8, plus `cpu` and `debug` sizes). The
-diffusion process is diffusers': DDPM training with the linear β schedule over 1000 steps, ε-prediction,
-and, with `learn_sigma` (DiT's default), a learned variance trained by the variational bound as in DiT/ADM;
-sampling with DDPM or DDIM and classifier-free guidance.
+diffusion process is diffusers': DDPM training with the linear β schedule over 1000 steps, ε-prediction
+(DiT's; v-prediction for the CPU default, `task.model.prediction`), and, with `learn_sigma` (DiT's
+default), a learned variance trained by the variational bound as in DiT/ADM; sampling with DDPM or DDIM and
+classifier-free guidance.
 
 DyT as the paper: the adaLN LayerNorms have no affine, so `dyt.convert` makes them `tanh(αx)` alone; the
 adaLN-Zero initialisation (modulation and final layer at zero) is removed for DyT-like norms and kept for
@@ -36,17 +37,26 @@ STATISTICS_NORMS = ("layernorm", "rmsnorm", "native")
 TRAIN_TIMESTEPS = 1000
 
 
-def noise_scheduler(kind: str = "ddpm", learn_sigma: bool = False, clip_sample: bool = False):
-    """diffusers' DDPM or DDIM scheduler with DiT's linear β schedule (1e-4 … 0.02 over 1000 steps)."""
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}  # task.model.prediction → diffusers' prediction_type
+
+
+def noise_scheduler(kind: str = "ddpm", learn_sigma: bool = False, clip_sample: bool = False,
+                    prediction: str = "epsilon"):
+    """diffusers' DDPM or DDIM scheduler with DiT's linear β schedule (1e-4 … 0.02 over 1000 steps), for a
+    model that predicts ε (DiT) or v = √ᾱ·ε − √(1−ᾱ)·x₀."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                  clip_sample=clip_sample, timestep_spacing="trailing")
+                  clip_sample=clip_sample, timestep_spacing="trailing", prediction_type=PREDICTIONS[prediction])
     if kind == "ddpm":
         return DDPMScheduler(**common, variance_type="learned_range" if learn_sigma else "fixed_small")
     if kind == "ddim":
         return DDIMScheduler(**common)
     raise ValueError(f"task.sample.scheduler={kind!r}; use ddpm or ddim")
+
+
+def prediction_of(cfg) -> str:
+    return cfg.model.get("prediction", "epsilon")  # runs saved before the switch predicted ε
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -88,14 +98,15 @@ def variational_bound(scheduler, x0, xt, t, eps, v) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: str = "ddim", steps: int = 50,
-           cfg_scale: float = 1.0, clip_sample: bool = False, generator: torch.Generator | None = None):
-    """Samples x_0 [N, *shape] for class `labels` from pure noise; `cfg_scale` ≠ 1 guides ε by the null
-    class (ε_u + s·(ε_c − ε_u)); a learned variance is used by DDPM and ignored by DDIM."""
+           cfg_scale: float = 1.0, clip_sample: bool = False, prediction: str = "epsilon",
+           generator: torch.Generator | None = None):
+    """Samples x_0 [N, *shape] for class `labels` from pure noise; `cfg_scale` ≠ 1 guides the prediction (ε or
+    v) by the null class (u + s·(c − u)); a learned variance is used by DDPM and ignored by DDIM."""
     from accelerate.utils import extract_model_from_parallel
 
     core = extract_model_from_parallel(model)  # not DDP: processes may sample different numbers of batches
     channels, learned = core.in_channels, core.out_channels != core.in_channels
-    sched = noise_scheduler(scheduler, learned, clip_sample)
+    sched = noise_scheduler(scheduler, learned, clip_sample, prediction)
     sched.set_timesteps(steps)
     x = torch.randn((len(labels), *shape), generator=generator, device=labels.device)
     guided = cfg_scale != 1
@@ -105,8 +116,8 @@ def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: st
         out = core(x_in, t.to(x.device).expand(len(x_in)), y).float()
         if guided:
             cond, uncond = out.chunk(2)
-            eps = uncond[:, :channels] + cfg_scale * (cond[:, :channels] - uncond[:, :channels])
-            out = torch.cat([eps, cond[:, channels:]], 1)
+            guided_out = uncond[:, :channels] + cfg_scale * (cond[:, :channels] - uncond[:, :channels])
+            out = torch.cat([guided_out, cond[:, channels:]], 1)
         if scheduler == "ddim":
             out = out[:, :channels]
         x = sched.step(out, t, x, generator=generator).prev_sample
@@ -130,6 +141,8 @@ class DiTTask(Task):
                                       f"needs train/<class>/<image> and val/<class>/<image>")
         elif cfg.data.require_root:  # never a 400k-step run on the digits by mistake
             raise ConfigError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
+        if prediction_of(cfg) not in PREDICTIONS:
+            raise ConfigError(f"task.model.prediction={prediction_of(cfg)} is unknown; use epsilon (DiT) or v")
         if cfg.sample.scheduler not in ("ddpm", "ddim"):
             raise ConfigError(f"task.sample.scheduler={cfg.sample.scheduler} is unknown; use ddpm or ddim")
         guided = cfg.sample.cfg_scale != 1 or (cfg.grid.cfg_scale or 1) != 1
@@ -158,8 +171,8 @@ class DiTTask(Task):
 
             self.channels, factor = vae_geometry(cfg.vae.path)
             self.input_size = cfg.data.image_size // factor
-        self.learn_sigma = cfg.model.learn_sigma
-        self.scheduler = noise_scheduler("ddpm", self.learn_sigma)
+        self.learn_sigma, self.prediction = cfg.model.learn_sigma, prediction_of(cfg)
+        self.scheduler = noise_scheduler("ddpm", self.learn_sigma, prediction=self.prediction)
         self.step, self.max_steps = 0, 1
         self.vae = None
         self.real_images = None  # [-1, 1] digits: the classifier's training data and the FD reference
@@ -237,13 +250,19 @@ class DiTTask(Task):
         self.step, self.max_steps = step, max_steps
 
     def diffusion_loss(self, model, x0, y, t, noise) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample (loss, mse): the ε-MSE plus, with a learned variance, the variational bound."""
+        """Per-sample (loss, mse): the MSE of the prediction (ε or v) plus, with a learned variance, the
+        variational bound (on the ε the prediction implies)."""
         xt = self.scheduler.add_noise(x0, noise, t)
         out = model(xt, t, y).float()
-        eps = out[:, :self.channels]
-        mse = (eps - noise).pow(2).flatten(1).mean(1)
+        pred = out[:, :self.channels]
+        target = noise if self.prediction == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        mse = (pred - target).pow(2).flatten(1).mean(1)
         if not self.learn_sigma:
             return mse, mse
+        eps = pred
+        if self.prediction == "v":  # ε = √ᾱ·v + √(1−ᾱ)·x_t
+            abar = self.scheduler.alphas_cumprod
+            eps = _at(abar.sqrt(), t, xt) * pred + _at((1 - abar).sqrt(), t, xt) * xt
         return mse + variational_bound(self.scheduler, x0, xt, t, eps.detach(), out[:, self.channels:]), mse
 
     def loss(self, model, batch):
@@ -349,7 +368,7 @@ class DiTTask(Task):
         shape = (self.channels, self.input_size, self.input_size)
         x = sample(model, labels, shape, scheduler=s.scheduler, steps=s.steps,
                    cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, clip_sample=self.embedded,
-                   generator=generator)
+                   prediction=self.prediction, generator=generator)
         if self.embedded:
             return x
         if self.vae is None:

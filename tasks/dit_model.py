@@ -24,7 +24,7 @@ SIZES = {f"DiT-{name}/{patch}": (depth, hidden, heads, patch)
                                               "XL": (28, 1152, 16)}.items()
          for patch in (2, 4, 8)}
 # CPU-scale sizes for 32×32 pixel-space digits
-SIZES["cpu"] = (4, 128, 4, 4)
+SIZES["cpu"] = (6, 256, 8, 8)  # 16 tokens of 8×8 pixels: more width per token beat patch 4 at equal time
 SIZES["debug"] = (2, 32, 2, 8)
 
 

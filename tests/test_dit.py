@@ -90,6 +90,39 @@ def test_variational_bound_is_zero_for_the_true_posterior_and_positive_otherwise
     assert torch.isfinite(at_zero).all() and (at_zero > 0).all()  # decoder NLL in bits per dim
 
 
+class Oracle(torch.nn.Module):
+    """A model that knows the one image of each class: the exact ε or v for any x_t, and v = −1 for the
+    variance (the true posterior's)."""
+
+    in_channels, out_channels = 1, 2
+
+    def __init__(self, images, prediction):
+        super().__init__()
+        self.images, self.prediction, self.num_classes = images, prediction, len(images)
+        self.abar = noise_scheduler("ddpm").alphas_cumprod
+
+    def forward(self, xt, t, y):
+        x0 = self.images[y]
+        abar = self.abar[t].view(-1, 1, 1, 1)
+        eps = (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
+        out = eps if self.prediction == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
+        return torch.cat([out, -torch.ones_like(out)], 1)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_exact_predictions_give_zero_loss_and_sample_the_data(prediction):
+    task = DiTTask(task_cfg(size="debug", **{"model.prediction": prediction}))
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    oracle = Oracle(images, prediction)
+    y, t = torch.tensor([0, 1, 2, 1]), torch.tensor([1, 40, 500, 999])
+    loss, mse = task.diffusion_loss(oracle, images[y], y, t, torch.randn(4, 1, 32, 32))
+    assert mse.abs().max() < 1e-6 and loss.abs().max() < 1e-4  # the ε the prediction implies is the noise
+    for scheduler in ("ddim", "ddpm"):
+        x = sample(oracle, y, (1, 32, 32), scheduler=scheduler, steps=10, prediction=prediction,
+                   generator=torch.Generator().manual_seed(0))
+        assert (x - images[y]).abs().max() < 1e-3, scheduler
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
 def test_sampling_is_seeded_and_guidance_changes_samples(scheduler):
     _, model = build("dyt")
@@ -182,6 +215,7 @@ def test_experiment_configs_are_the_papers_recipe(tmp_path, name, size):
     optim = cfg.trainer.optim
     assert optim.lr == 4e-4 and optim.weight_decay == 0 and optim.min_lr_ratio == 1.0 and optim.clip_grad is None
     assert cfg.trainer.ema_decay == 0.9999 and cfg.trainer.max_steps == 400_000
+    assert cfg.task.model.prediction == "epsilon" and cfg.task.model.learn_sigma
     assert cfg.task.sample.scheduler == "ddpm" and cfg.task.sample.steps == 250 and cfg.task.sample.cfg_scale == 1
     assert cfg.task.eval.final_num_samples == 50_000 and cfg.task.eval.fid is True
     cfg.task.eval.fid = False  # no Inception weights here

@@ -41,6 +41,7 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["task=llama", "task.size=huge"], "task.size=huge is unknown"),
     (["task=caduceus", "task.size=huge"], "task.size=huge is unknown for caduceus"),
     (["task=dit", "task.sample.scheduler=euler"], "task.sample.scheduler=euler is unknown"),
+    (["task=dit", "task.model.prediction=x0"], "task.model.prediction=x0 is unknown"),
     (["task=dit", "task.model.class_dropout=0"], "task.model.class_dropout > 0"),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
