@@ -428,7 +428,8 @@ std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& 
         if (tiles) {
           const Tiles tl = tiles_of(x);
           // blocks as the rows path's: ~64, at most 256K elements each
-          const int64_t tpb = std::clamp<int64_t>(ceil_div(tl.count, 64), 1, std::max<int64_t>(1, 262144 / (kTile * C)));
+          const int64_t tpb =
+              std::clamp<int64_t>(ceil_div(tl.count, 64), 1, std::max<int64_t>(1, 262144 / (kTile * C)));
           const int64_t blocks = ceil_div(tl.count, tpb);
           part.reset(new float[blocks * 3 * P.Lp]);
           backward_tiles(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), tl, P.Lp, tpb,
