@@ -141,6 +141,35 @@ inline void load_pair(const float* p, Vec (&v)[2]) {
   v[1] = Vec::loadu(p + VF);
 }
 
+// One row of len elements (a period, or a position's C channels): parameters per element from a, g, b.
+template <typename T, typename O>
+inline void forward_row(const T* x, O* y, int64_t len, const float* a, const float* g, const float* b) {
+  for (int64_t j = 0; j < len; j += W) {
+    Vec av[2], gv[2], bv[2];
+    load_pair(a + j, av);
+    load_pair(g + j, gv);
+    load_pair(b + j, bv);
+    forward_step(x + j, y + j, std::min(W, len - j), av, gv, bv);
+  }
+}
+
+// One row of the backward, its three sums added into sums (three rows of Lp floats, kept in L1).
+template <typename T, typename O>
+inline void backward_row(const T* x, const O* dy, T* dx, int64_t len, const float* a, const float* ga, float* sums,
+                         int64_t Lp) {
+  for (int64_t j = 0; j < len; j += W) {
+    Vec av[2], gav[2], acc[3][2];
+    load_pair(a + j, av);
+    load_pair(ga + j, gav);
+    for (int q = 0; q < 3; ++q) load_pair(sums + q * Lp + j, acc[q]);
+    backward_step(x + j, dy + j, dx + j, std::min(W, len - j), av, gav, acc);
+    for (int q = 0; q < 3; ++q) {
+      acc[q][0].store(sums + q * Lp + j);
+      acc[q][1].store(sums + q * Lp + j + VF);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- rows (channels-last)
 // The rows kernels walk x in "periods" of L elements; the per-channel vectors a, g, b are repeated over a
 // period (L = C, or lcm(C, W) for small C) so that small C still fills whole vectors. Parameter arrays are
@@ -150,16 +179,8 @@ template <typename T, typename O>
 void forward_rows(const T* x, O* y, int64_t E, int64_t L, const float* a, const float* g, const float* b) {
   const int64_t periods = ceil_div(E, L);
   at::parallel_for(0, periods, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
-    in_pieces(y, r0, r1, L, E, [&](int64_t r) {
-      const int64_t len = std::min(L, E - r * L);
-      for (int64_t j = 0; j < len; j += W) {
-        Vec av[2], gv[2], bv[2];
-        load_pair(a + j, av);
-        load_pair(g + j, gv);
-        load_pair(b + j, bv);
-        forward_step(x + r * L + j, y + r * L + j, std::min(W, len - j), av, gv, bv);
-      }
-    });
+    in_pieces(y, r0, r1, L, E,
+              [&](int64_t r) { forward_row(x + r * L, y + r * L, std::min(L, E - r * L), a, g, b); });
   });
 }
 
@@ -177,18 +198,7 @@ void backward_rows(const O* dy, const T* x, T* dx, int64_t E, int64_t L, int64_t
       std::fill(sums, sums + 3 * Lp, 0.f);
       const int64_t r_end = std::min(periods, (blk + 1) * rows_per_block);
       in_pieces(dx, blk * rows_per_block, r_end, L, E, [&](int64_t r) {
-        const int64_t len = std::min(L, E - r * L);
-        for (int64_t j = 0; j < len; j += W) {
-          Vec av[2], gav[2], acc[3][2];
-          load_pair(a + j, av);
-          load_pair(ga + j, gav);
-          for (int q = 0; q < 3; ++q) load_pair(sums + q * Lp + j, acc[q]);
-          backward_step(x + r * L + j, dy + r * L + j, dx + r * L + j, std::min(W, len - j), av, gav, acc);
-          for (int q = 0; q < 3; ++q) {
-            acc[q][0].store(sums + q * Lp + j);
-            acc[q][1].store(sums + q * Lp + j + VF);
-          }
-        }
+        backward_row(x + r * L, dy + r * L, dx + r * L, std::min(L, E - r * L), a, ga, sums, Lp);
       });
     }
   });
@@ -238,16 +248,8 @@ void forward_tiles(const T* x, O* y, const Tiles& tl, const float* a, const floa
     std::vector<T> buf(kTile * C);
     in_tile_pieces(y, t0, t1, tl, [&](int64_t t) {
       tl.gather(x, t, buf.data());
-      for (int64_t i = 0; i < tl.rows(t); ++i) {
-        O* yr = y + (tl.first_row(t) + i) * C;
-        for (int64_t j = 0; j < C; j += W) {
-          Vec av[2], gv[2], bv[2];
-          load_pair(a + j, av);
-          load_pair(g + j, gv);
-          load_pair(b + j, bv);
-          forward_step(buf.data() + i * C + j, yr + j, std::min(W, C - j), av, gv, bv);
-        }
-      }
+      for (int64_t i = 0; i < tl.rows(t); ++i)
+        forward_row(buf.data() + i * C, y + (tl.first_row(t) + i) * C, C, a, g, b);
     });
   });
 }
@@ -267,17 +269,7 @@ void backward_tiles(const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp,
         tl.gather(x, t, buf.data());
         for (int64_t i = 0; i < tl.rows(t); ++i) {
           const int64_t r = tl.first_row(t) + i;
-          for (int64_t j = 0; j < C; j += W) {
-            Vec av[2], gav[2], acc[3][2];
-            load_pair(a + j, av);
-            load_pair(ga + j, gav);
-            for (int q = 0; q < 3; ++q) load_pair(sums + q * Lp + j, acc[q]);
-            backward_step(buf.data() + i * C + j, dy + r * C + j, dx + r * C + j, std::min(W, C - j), av, gav, acc);
-            for (int q = 0; q < 3; ++q) {
-              acc[q][0].store(sums + q * Lp + j);
-              acc[q][1].store(sums + q * Lp + j + VF);
-            }
-          }
+          backward_row(buf.data() + i * C, dy + r * C, dx + r * C, C, a, ga, sums, Lp);
         }
       });
     }
