@@ -3,15 +3,16 @@ a config, trained as fairseq's recipe does.
 
 Spans of the latent frames are masked (`_compute_mask_indices`: p = 0.65, length 10, at least 2 spans), 100
 negatives are drawn from the masked frames of the same utterance (`_sample_negative_indices`), and the loss
-is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss + 10 × the L2 penalty on
-the conv features, with the Gumbel temperature annealed per update (`set_step`). Losses are reported as
+is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss (the CPU default: 0) + 10 ×
+the L2 penalty on the conv features (Base), with the Gumbel temperature annealed per update (`set_step`). Losses are reported as
 fairseq logs them and the paper quotes them: summed over the masked frames, divided by their number, in
 bits (log base 2); with them fairseq's contrastive accuracy, which tells learning from chance (≈ 1/(number
 of distinct candidates)) where the loss barely moves, and the codebook perplexities, which tell a collapse.
 
 Norms: the first norm of the conv feature extractor (Base's GroupNorm, Large's first conv LayerNorm) is
 kept, as in the paper; every other LayerNorm (Transformer blocks, the encoder's LayerNorm, the feature
-projection's, Large's other conv LayerNorms) becomes the chosen norm.
+projection's, Large's other conv LayerNorms) becomes the chosen norm. The CPU size reads log-mel frames
+instead of the conv stack (`task.front_end`); their per-bin GroupNorm is kept in the same way.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers.audio_utils import mel_filter_bank
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
 from dyt.train.config import ConfigError
@@ -45,6 +48,35 @@ SIZES = {
                   proj_codevector_dim=768),
 }
 
+# What reads the waveform: fairseq's conv stack, or log-mel frames. The CPU size reads log-mel: at its scale a
+# randomly initialised conv stack gives features that are white from one 20 ms frame to the next, so the
+# quantised targets are noise and the contrastive loss stays at chance for thousands of steps (README).
+FRONT_ENDS = {"debug": "conv", "cpu": "log_mel", "base": "conv", "large": "conv"}
+MEL_BINS, MEL_WINDOW, MEL_HOP = 80, 400, 320  # 25 ms windows every 20 ms at 16 kHz: the conv stack's framing
+# the config describes the log-mel front end as one "conv layer" of its window and hop, so that transformers
+# computes frame counts (masks, attention) as the front end produces them
+LOG_MEL_FRAMING = dict(conv_dim=(MEL_BINS,), conv_kernel=(MEL_WINDOW,), conv_stride=(MEL_HOP,))
+
+
+class LogMelFrames(nn.Module):
+    """Log-mel frames of the waveform (Hann window, power spectrum, Slaney mel filters), each bin normalised
+    over the utterance's frames by a GroupNorm with one group per bin: the per-channel normalisation that
+    Base's first conv layer applies, and like it kept when the norms are converted."""
+
+    def __init__(self, sample_rate: int = 16_000):
+        super().__init__()
+        filters = mel_filter_bank(num_frequency_bins=MEL_WINDOW // 2 + 1, num_mel_filters=MEL_BINS,
+                                  min_frequency=20.0, max_frequency=sample_rate / 2, sampling_rate=sample_rate,
+                                  norm="slaney", mel_scale="slaney")
+        self.register_buffer("filters", torch.tensor(filters.T, dtype=torch.float32), persistent=False)
+        self.register_buffer("window", torch.hann_window(MEL_WINDOW), persistent=False)
+        self.norm = nn.GroupNorm(MEL_BINS, MEL_BINS)
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:  # [B, samples] → [B, bins, frames]
+        spectrum = torch.stft(waves.float(), MEL_WINDOW, MEL_HOP, window=self.window, center=False,
+                              return_complex=True).abs().pow(2)
+        return self.norm((self.filters @ spectrum).clamp_min(1e-10).log())
+
 
 @contextmanager
 def numpy_seed(seed: int):
@@ -64,6 +96,8 @@ class Wav2Vec2Pretraining(Task):
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+        if cfg.front_end not in (None, "conv", "log_mel"):
+            raise ConfigError(f"task.front_end={cfg.front_end} is unknown; use conv or log_mel (null: the size's)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -71,7 +105,12 @@ class Wav2Vec2Pretraining(Task):
         defaults = Wav2Vec2Config()  # its fields are typed: `task.model.layerdrop=0` must reach it as 0.0
         overrides = {k: float(v) if isinstance(getattr(defaults, k, None), float) and isinstance(v, int) else v
                      for k, v in OmegaConf.to_container(cfg.model).items()}
-        self.config = Wav2Vec2Config(**{**SIZES[cfg.size], **overrides})
+        self.front_end = cfg.front_end or FRONT_ENDS[cfg.size]
+        framing = LOG_MEL_FRAMING if self.front_end == "log_mel" else {}
+        self.config = Wav2Vec2Config(**{**SIZES[cfg.size], **framing, **overrides})
+        # fairseq's L2 penalty shrinks the conv features; log-mel features are normalised: nothing to shrink
+        self.feature_penalty = cfg.feature_penalty if cfg.feature_penalty is not None else (
+            10.0 if self.front_end == "conv" else 0.0)
         self.norm_exclude = tuple(cfg.keep_norms)
         # pre-LN (Large): the encoder's LayerNorm comes after the last block although it is registered before
         self.norm_roles = {r"encoder\.layer_norm$": "final"} if self.config.do_stable_layer_norm else None
@@ -83,6 +122,8 @@ class Wav2Vec2Pretraining(Task):
 
     def build_model(self) -> Wav2Vec2ForPreTraining:
         model = Wav2Vec2ForPreTraining(self.config)
+        if self.front_end == "log_mel":
+            model.wav2vec2.feature_extractor = LogMelFrames()
         model.set_gumbel_temperature(self.temperature)
         model.wav2vec2.feature_extractor.register_forward_hook(self._conv_features)
         model.quantizer.weight_proj.register_forward_hook(self._code_logits)
@@ -138,7 +179,7 @@ class Wav2Vec2Pretraining(Task):
         negatives = _sample_negative_indices((n, frames), c.num_negatives, mask)
         mask = torch.from_numpy(mask).to(waves.device)
         out = model(waves, mask_time_indices=mask)
-        contrastive, correct = self._contrastive(out, mask, torch.from_numpy(negatives).to(waves.device))
+        contrastive, correct, chance = self._contrastive(out, mask, torch.from_numpy(negatives).to(waves.device))
         # codebook perplexities over the masked frames: of the softmax (fairseq's prob_perplexity, which
         # the diversity loss uses, in training and validation alike) and of the chosen codes
         groups, entries = c.num_codevector_groups, c.num_codevectors_per_group
@@ -150,16 +191,18 @@ class Wav2Vec2Pretraining(Task):
         diversity = (groups * entries - prob_ppl) / (groups * entries)
         feature_pen = self._captured.pop("feature_pen")
         contrastive = contrastive / masked
-        total = contrastive + c.diversity_loss_weight * diversity + self.cfg.feature_penalty * feature_pen
+        total = contrastive + c.diversity_loss_weight * diversity + self.feature_penalty * feature_pen
         return {"loss": total / math.log(2), "contrastive": contrastive / math.log(2), "diversity": diversity,
                 "feature_pen": feature_pen, "prob_ppl": prob_ppl, "code_ppl": code_ppl, "accuracy": correct / masked,
-                "masked": masked}
+                "chance": chance / masked / math.log(2), "masked": masked}
 
     def _contrastive(self, out, mask, negatives):
         """fairseq's InfoNCE summed over the masked frames, and how many of them rank their own quantized
         target first (fairseq's `correct`: a tie of all candidates counts as wrong; a collapsed codebook, whose
-        distractors are all left out, scores every frame right, so read it with code_ppl). transformers computes
-        the same loss inside the model but returns no logits, so both come from here."""
+        distractors are all left out, scores every frame right, so read it with code_ppl), and the loss of a
+        prediction that cannot tell the candidates apart: log(1 + the distractors left in), summed. Chance is
+        log(1 + K) only while no distractor is left out; codes shared by neighbouring frames lower it.
+        transformers computes the same loss inside the model but returns no logits, so all come from here."""
         predicted, targets = out.projected_states[mask], out.projected_quantized_states
         positives = targets[mask]
         distractors = targets.reshape(-1, targets.shape[-1])[negatives[mask].long()]
@@ -167,14 +210,16 @@ class Wav2Vec2Pretraining(Task):
         logits = F.cosine_similarity(predicted[:, None].float(), candidates.float(), dim=-1)
         logits = logits / self.config.contrastive_logits_temperature
         # a distractor quantized to the positive's codes cannot be told apart from it: left out, as in fairseq
-        logits[:, 1:][(distractors == positives[:, None]).all(-1)] = float("-inf")
+        same_codes = (distractors == positives[:, None]).all(-1)
+        logits[:, 1:][same_codes] = float("-inf")
         loss = F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long), reduction="sum")
         correct = ((logits.argmax(-1) == 0) & (logits.argmin(-1) != 0)).sum()
-        return loss, correct
+        chance = (1 + (~same_codes).sum(-1).float()).log().sum()
+        return loss, correct, chance
 
     def loss(self, model, batch):
         losses = self._losses(model, batch)
-        logged = ("contrastive", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
+        logged = ("contrastive", "chance", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
         metrics = {k: float(losses[k].detach()) for k in logged}
         return losses["loss"], {**metrics, "temperature": self.temperature}
 

@@ -96,6 +96,34 @@ def test_base_and_large_have_the_published_sizes_and_keep_the_first_conv_norm(si
     assert final == ("final" if stable else "ffn")  # pre-LN: the encoder's LayerNorm closes the stack
 
 
+def test_cpu_size_hears_log_mel_frames_counted_as_the_model_counts_them():
+    """The CPU default reads log-mel frames: as many as transformers computes for its masks, a spectrum that
+    follows the pitch, normalised per bin by a GroupNorm that the conversion keeps."""
+    task = Wav2Vec2Pretraining(task_config().task)
+    assert (task.front_end, task.feature_penalty) == ("log_mel", 0.0)
+    model = task.build_model().eval()
+    front_end = model.wav2vec2.feature_extractor
+    rate, low, high = 16_000, 500.0, 3_000.0
+    t = np.arange(rate) / rate
+    tones = np.concatenate([np.sin(2 * np.pi * low * t), np.sin(2 * np.pi * high * t)])  # 1 s of each
+    with torch.no_grad():
+        for length in (16_000, 23_456, 32_000):
+            frames = front_end(torch.tensor(tones[None, :length], dtype=torch.float32))
+            assert frames.shape == (1, 80, int(model._get_feat_extract_output_lengths(length)))
+        frames = front_end(torch.tensor(tones[None], dtype=torch.float32))[0]
+    assert frames.mean(-1).abs().max() < 1e-4 and frames.std(-1, unbiased=False).mean() == pytest.approx(1, abs=1e-3)
+    centres = torch.tensor([float(np.argmax(row)) * rate / 400 for row in front_end.filters.numpy()])  # Hz
+    louder_first = frames[:, : frames.shape[1] // 2].mean(-1) - frames[:, frames.shape[1] // 2 :].mean(-1)
+    assert abs(float(centres[louder_first.argmax()]) - low) < 100
+    assert abs(float(centres[louder_first.argmin()]) - high) < 200
+    swaps = convert(model, "dyt", roles=task.norm_roles, exclude=task.norm_exclude)
+    assert [(s.path, s.old) for s in swaps.skipped] == [("wav2vec2.feature_extractor.norm", "GroupNorm")]
+    assert not any(type(m) is nn.LayerNorm for m in model.modules())
+    conv = Wav2Vec2Pretraining(task_config("task.front_end=conv").task)
+    assert (conv.feature_penalty, len(conv.config.conv_dim)) == (10.0, 7)
+    assert Wav2Vec2Pretraining(task_config("task.size=base").task).front_end == "conv"
+
+
 def test_gumbel_temperature_follows_fairseq_schedule():
     task = Wav2Vec2Pretraining(task_config("task.size=debug", "task.gumbel.decay=0.99").task)
     model = task.build_model()
@@ -147,11 +175,15 @@ def test_contrastive_loss_is_transformers_and_accuracy_counts_the_positive_ranke
     with torch.no_grad():
         reference = model(waves, mask_time_indices=mask, sampled_negative_indices=negatives).contrastive_loss
         out = model(waves, mask_time_indices=mask)
-        loss, correct = task._contrastive(out, mask, negatives)
+        loss, correct, chance = task._contrastive(out, mask, negatives)
         assert loss == pytest.approx(float(reference), rel=1e-5)
         assert 0 <= correct <= mask.sum()
+        # no distractor shares its positive's codes in a random model: chance is log(1 + 100) per frame
+        assert chance == pytest.approx(float(mask.sum() * np.log(101)), rel=0.01)
         out.projected_states = out.projected_quantized_states.clone()  # every target predicted exactly
         assert task._contrastive(out, mask, negatives)[1] == mask.sum()
+        out.projected_quantized_states[:] = out.projected_quantized_states[0, 0]  # one code for every frame
+        assert task._contrastive(out, mask, negatives)[2] == 0  # every distractor left out: nothing to guess
 
 
 def test_librispeech_layout_is_read_resampled_and_batched(tmp_path):
