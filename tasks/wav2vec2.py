@@ -192,9 +192,11 @@ class Wav2Vec2Pretraining(Task):
         feature_pen = self._captured.pop("feature_pen")
         contrastive = contrastive / masked
         total = contrastive + c.diversity_loss_weight * diversity + self.feature_penalty * feature_pen
+        chance = chance / masked
+        # what the loss alone hides: a codebook that collapses lowers chance and the loss with it, learning or not
         return {"loss": total / math.log(2), "contrastive": contrastive / math.log(2), "diversity": diversity,
                 "feature_pen": feature_pen, "prob_ppl": prob_ppl, "code_ppl": code_ppl, "accuracy": correct / masked,
-                "chance": chance / masked / math.log(2), "masked": masked}
+                "chance": chance / math.log(2), "below_chance": (chance - contrastive) / math.log(2), "masked": masked}
 
     def _contrastive(self, out, mask, negatives):
         """fairseq's InfoNCE summed over the masked frames, and how many of them rank their own quantized
@@ -219,7 +221,7 @@ class Wav2Vec2Pretraining(Task):
 
     def loss(self, model, batch):
         losses = self._losses(model, batch)
-        logged = ("contrastive", "chance", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
+        logged = ("contrastive", "chance", "below_chance", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
         metrics = {k: float(losses[k].detach()) for k in logged}
         return losses["loss"], {**metrics, "temperature": self.temperature}
 

@@ -153,6 +153,10 @@ def test_debug_run_reports_loss_in_bits_per_masked_frame_and_codebook_perplexity
     assert 0.5 * np.log2(101) < final["val/contrastive"] < 1.5 * np.log2(101)
     assert final["val/loss"] >= final["val/contrastive"]
     assert 0 <= final["val/accuracy"] < 0.25  # the positive ranked first about as often as chance has it
+    # chance: log2(1 + the distractors left in); two steps learn nothing, so the loss is not below it
+    assert 0 < final["val/chance"] <= np.log2(101) + 1e-6
+    assert final["val/below_chance"] == pytest.approx(final["val/chance"] - final["val/contrastive"], abs=1e-4)
+    assert final["val/below_chance"] < 0.1
     assert 1 <= final["val/code_ppl"] <= 2 * 32 and 1 <= final["val/prob_ppl"] <= 2 * 32
     norms = (tmp_path / "run" / "norms.txt").read_text()
     assert "GroupNorm kept" in norms and "DynamicTanh" in norms
