@@ -189,6 +189,9 @@ def main(argv=None) -> None:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read runs from the wandb API (online)")
     parser.add_argument("--group", help="with --wandb: only this wandb group")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:  # a mistyped folder would otherwise drop its runs from the comparison without a word
+        parser.error(f"no such run or sweep folder: {', '.join(missing)}")
     runs = find_runs(args.paths)
     if args.wandb:
         runs += load_wandb_runs(args.wandb, args.group)

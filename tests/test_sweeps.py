@@ -80,6 +80,14 @@ def test_figure_scripts_draw_from_short_runs(sweep, tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
+def test_compare_names_a_folder_that_does_not_exist(sweep, tmp_path):
+    typo = tmp_path / "norm:dyt+alpha:1.0"
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), str(sweep), str(typo), "--out",
+                          str(tmp_path)], cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and f"no such run or sweep folder: {typo}" in out.stderr
+    assert not (tmp_path / sweep.name).exists()  # nothing written from the runs that were found
+
+
 def test_compare_draws_a_heatmap_for_a_two_dimensional_grid(tmp_path):
     sweep_dir = tmp_path / "grid"
     run_sweep(sweep_dir, "task=vit", "task.size=debug", "norm.alpha_init=0.5,2.0", "trainer.optim.lr=1e-3,3e-3",
