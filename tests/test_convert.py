@@ -221,3 +221,16 @@ def test_param_groups_keep_dyt_parameters_out_of_decay_unless_asked():
     assert id(model.pos_embed) in {id(p) for p in no_decay["params"]}
     decay, _ = param_groups(model, 0.1, decay_alpha=True)
     assert alphas <= {id(p) for p in decay["params"]}
+
+
+def test_param_groups_rules_decay_everything_or_follow_the_dna_codebases():
+    model = tiny_vit()
+    convert(model, "dyt")
+    decay, no_decay = param_groups(model, 0.1, no_decay=())  # fms-fsdp, fairseq: every parameter
+    assert not no_decay["params"] and len(decay["params"]) == len(list(model.parameters()))
+    decay, no_decay = param_groups(model, 0.1, no_decay=("bias", "norm", "embedding", "listed"))
+    dyt = [m for m in model.modules() if isinstance(m, DynamicTanh)]
+    decayed, kept = {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
+    assert all(id(m.alpha) in decayed and id(m.weight) in decayed and id(m.bias) in kept for m in dyt)
+    with pytest.raises(ValueError, match="unknown no_decay rule"):
+        param_groups(model, 0.1, no_decay=("bogus",))

@@ -1,4 +1,5 @@
 """The spine's promises: clear config errors, exact resume, preemption, divergence, tracking, pairing."""
+import math
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from dyt.train.checkpoint import MARKER, latest_checkpoint, valid_checkpoints
 from dyt.train.data import EpochSampler
-from dyt.train.schedule import warmup_cosine
+from dyt.train.schedule import learning_rate, warmup_cosine
 from tests.helpers import ROOT, metrics, run_train, summary, train_env
 
 TINY_VIT = ["task=vit", "task.size=debug", "trainer.batch_size=32", "trainer.max_eval_batches=2"]
@@ -215,6 +216,20 @@ def test_warmup_cosine_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert warmup_cosine(100, peak=1.0, total=100, warmup=10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_fms_fsdp_schedule_is_the_lower_of_a_parabolic_warmup_and_a_cosine_over_the_run():
+    # fms-fsdp main_training_llama.py: min(1 - (1 - min(x, w)/w)**2, 0.1 + 0.5*0.9*(1 + cos(min(x, N)/N*pi)))
+    lr = lambda s: learning_rate("fms_fsdp", s, peak=2.0, total=1000, warmup=50, min_ratio=0.1)  # noqa: E731
+    assert lr(0) == 0.0 and lr(25) == pytest.approx(2.0 * 0.75) and lr(50) == pytest.approx(2.0 * (0.1 + 0.45 * (1 + math.cos(0.05 * math.pi))))
+    assert lr(1000) == pytest.approx(0.2) and lr(5000) == pytest.approx(0.2)
+
+
+def test_linear_schedule_is_fairseqs_polynomial_decay():
+    lr = lambda s: learning_rate("linear", s, peak=1.0, total=100, warmup=10)  # noqa: E731
+    assert lr(0) == lr(1) == pytest.approx(0.1) and lr(10) == pytest.approx(1.0)
+    assert lr(55) == pytest.approx(0.5) and lr(100) == 0.0
+    assert learning_rate("constant", 7, peak=3.0, total=10) == 3.0
 
 
 def test_incomplete_checkpoint_folders_are_ignored(tmp_path):

@@ -25,8 +25,11 @@ class OptimConfig:
     eps: float = 1e-8
     # the paper's vision code kept α out of weight decay, its LLaMA code decayed it: say which
     decay_alpha: bool = False
+    # parameters kept out of weight decay, by rule (dyt.optim.NO_DECAY_RULES): timm's default; [] decays all
+    no_decay: list[str] = field(default_factory=lambda: ["one_dim", "listed"])
+    schedule: str = "cosine"  # cosine | fms_fsdp | linear | constant (dyt.train.schedule)
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio × lr
+    min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio × lr
     clip_grad: Optional[float] = 1.0
 
 
@@ -167,6 +170,15 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:
         raise ConfigError(f"trainer.optim.lr={trainer.optim.lr} must be > 0")
+    from dyt.optim import NO_DECAY_RULES
+
+    from .schedule import SCHEDULES
+
+    if trainer.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"trainer.optim.schedule={trainer.optim.schedule!r} is unknown; use {', '.join(SCHEDULES)}")
+    for rule in trainer.optim.no_decay:
+        if rule not in NO_DECAY_RULES:
+            raise ConfigError(f"trainer.optim.no_decay has {rule!r}; known rules: {', '.join(NO_DECAY_RULES)}")
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True), "init_from": cfg.get("init_from")}, "")
     _task_class(cfg.task).check_config(cfg.task)
 

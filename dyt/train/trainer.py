@@ -23,7 +23,7 @@ from ..optim import param_groups
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import epoch_batches, eval_loader, train_loader
 from .hardware import peak_flops
-from .schedule import warmup_cosine
+from .schedule import learning_rate
 from .task import Task
 from .tracking import Tracker
 
@@ -108,7 +108,7 @@ class Trainer:
         self.val_dl = eval_loader(val_set, tcfg.batch_size, rank=acc.process_index, world=acc.num_processes,
                                   collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
         optim = tcfg.optim
-        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha)
+        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
         if tcfg.compile:
             model = torch.compile(model)
@@ -252,9 +252,8 @@ class Trainer:
 
     def _set_lr(self) -> float:
         optim = self.tcfg.optim
-        warmup = min(optim.warmup_steps, self.tcfg.max_steps)
-        lr = warmup_cosine(self.step, peak=optim.lr, total=self.tcfg.max_steps, warmup=warmup,
-                           min_ratio=optim.min_lr_ratio)
+        lr = learning_rate(optim.schedule, self.step, peak=optim.lr, total=self.tcfg.max_steps,
+                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
