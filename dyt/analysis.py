@@ -17,8 +17,15 @@ def pointwise_norms(model: nn.Module) -> Iterator[tuple[str, PointwiseNorm]]:
 
 
 def alpha_values(model: nn.Module) -> dict[str, float]:
-    """Each DyT-like layer's α (the mean over channels where α is per channel)."""
-    return {path: m.alpha.detach().float().mean().item() for path, m in pointwise_norms(model)}
+    """Each DyT-like layer's α (the mean over channels where α is per channel). In a model sharded by FSDP
+    every process must call it: a sharded α is gathered."""
+    values = {}
+    for path, module in pointwise_norms(model):
+        alpha = module.alpha.detach()
+        if hasattr(alpha, "full_tensor"):  # a DTensor shard
+            alpha = alpha.full_tensor()
+        values[path] = alpha.float().mean().item()
+    return values
 
 
 @contextmanager

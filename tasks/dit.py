@@ -125,6 +125,7 @@ def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: st
 
 
 class DiTTask(Task):
+    shard_units = r"blocks\.\d+"
     @classmethod
     def check_config(cls, cfg) -> None:
         from .dit_model import SIZES

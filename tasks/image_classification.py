@@ -39,6 +39,10 @@ SIZES = {
 class ImageClassification(Task):
     headline = Headline("val/acc", higher_is_better=True)
 
+    @property
+    def shard_units(self) -> str:
+        return r"blocks\.\d+" if self.cfg.family == "vit" else r"stages\.\d+"  # ViT blocks, ConvNeXt stages
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.embedded = not cfg.data.root

@@ -69,6 +69,7 @@ class Llama(Task):
     loss_is_nll = True
     # the paper's roles, said explicitly rather than left to dyt.convert's name patterns
     norm_roles = {r"input_layernorm$": "attn", r"post_attention_layernorm$": "ffn", r"^model\.norm$": "final"}
+    shard_units = r"model\.layers\.\d+"  # the decoder layers
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -91,6 +91,7 @@ def numpy_seed(seed: int):
 
 class Wav2Vec2Pretraining(Task):
     headline = Headline("val/loss", higher_is_better=False)
+    shard_units = r"wav2vec2\.encoder\.layers\.\d+"  # the Transformer layers
 
     @classmethod
     def check_config(cls, cfg) -> None:

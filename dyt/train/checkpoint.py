@@ -1,12 +1,25 @@
-"""Checkpoints that a kill cannot corrupt: written to a temporary folder, marked complete, renamed."""
+"""Checkpoints that a kill cannot corrupt: written to a temporary folder, marked complete, renamed.
+
+Two formats, one set of rules. `ddp`: accelerate's `save_state` (model.safetensors, optimizer.bin, RNG states
+per process). `fsdp`: `torch.distributed.checkpoint` (DCP), every rank writing its own shard in parallel
+(`__<rank>_0.distcp` and `.metadata`) with the model, optimizer and EMA state, plus each rank's RNG state.
+Both keep the trainer state (`trainer_state.json`) and each rank's data-reader position (`data_<rank>.pt`).
+Every reader of weights (`model_weights`) understands both.
+"""
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+DCP_METADATA = ".metadata"
 
 
 def valid_checkpoints(root: Path) -> list[Path]:
@@ -22,16 +35,55 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Every process writes its part (accelerate's model, optimizer, scaler and RNG states), the main process
-    adds the trainer state and the marker and renames the folder into place."""
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (Path(path) / DCP_METADATA).exists()
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _sharded_state(model, optimizer, ema) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: int, *, model=None,
+                    optimizer=None, ema=None, sharded: bool = False, data_state: dict | None = None) -> Path:
+    """Every process writes its part, the main process adds the trainer state and the marker and renames the
+    folder into place."""
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
+    rank = accelerator.process_index
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer, ema), checkpoint_id=str(tmp))
+        with open(tmp / f"rng_{rank}.pkl", "wb") as f:
+            pickle.dump(_rng_state(), f)
+    else:
+        accelerator.save_state(str(tmp))
+    if data_state is not None:
+        torch.save(data_state, tmp / f"data_{rank}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -44,15 +96,42 @@ def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: 
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+def load_checkpoint(accelerator, path: Path, *, model=None, optimizer=None, ema=None,
+                    sharded: bool = False) -> tuple[dict, dict | None]:
+    """Restore model, optimizer, EMA and RNG states in place; returns (trainer state, this rank's data state)."""
+    rank = accelerator.process_index
+    if sharded != is_sharded_checkpoint(path):
+        written, asked = ("fsdp", "ddp") if is_sharded_checkpoint(path) else ("ddp", "fsdp")
+        raise ValueError(f"{path} was written with trainer.strategy={written}; resume it with that strategy "
+                         f"(not {asked}), or start a new run from its weights with init_from={path}")
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        state = _sharded_state(model, optimizer, ema)
+        dcp.load(state, checkpoint_id=str(path))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        with open(path / f"rng_{rank}.pkl", "rb") as f:
+            _set_rng_state(pickle.load(f))
+    else:
+        accelerator.load_state(str(path))
+    data_file = path / f"data_{rank}.pt"
+    data_state = torch.load(data_file, weights_only=False) if data_file.exists() else None
+    return json.loads((path / STATE_FILE).read_text()), data_state
 
 
 def model_weights(path: Path) -> dict:
-    """The model's state dict from a checkpoint folder (for `init_from`: weights without optimizer state)."""
-    import torch
+    """The model's full state dict from a checkpoint folder of either format, on the host, in one process
+    (for `init_from`, the plotting and sampling scripts, the export)."""
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+        state = _load_state_dict_from_keys("model", checkpoint_id=str(path))["model"]
+        return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
     safetensors = path / "model.safetensors"
     if safetensors.exists():
         from safetensors.torch import load_file

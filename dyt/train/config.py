@@ -5,6 +5,7 @@ The schemas make a mistyped key (`norm.alpha_innit=1`, `trainer.max_step=5`) an 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -47,8 +48,16 @@ class TrainerConfig:
     ckpt_every: int = 200  # and always at the end
     keep_last: int = 2
     num_workers: int = 0
-    ema_decay: Optional[float] = None  # evaluate an EMA of the weights (timm ModelEmaV3)
-    compile: bool = False
+    ema_decay: Optional[float] = None  # also evaluate an EMA of the weights (timm ModelEmaV3)
+    # ddp: every process holds the whole model (accelerate's DDP); fsdp: parameters, gradients and optimizer
+    # state sharded over the processes (torch's FSDP2 `fully_shard`, per unit the task names)
+    strategy: str = "ddp"
+    activation_checkpointing: str = "none"  # none | full | every_<k> (every k-th sharding unit) — recompute in backward
+    reshard_after_forward: bool = True  # fsdp: free gathered parameters after each unit's forward (ZeRO-3)
+    compile: bool = False  # torch.compile each sharding unit (each block), or the whole model if the task names none
+    tf32: bool = False  # CUDA: TF32 matmuls and convolutions for fp32 (the vision rows' A100 default)
+    check_every: int = 10  # steps between divergence / preemption checks (and at every log, eval, checkpoint)
+    dist_timeout_s: int = 1800  # process-group timeout: rank 0 tokenising a corpus must not trip the barrier
     fail_on_divergence: bool = False  # a diverged run ends with exit code 0 unless set: sweeps go on
     requeue_on_preempt: bool = True  # under Slurm, `scontrol requeue` after the preemption checkpoint
     progress: str = "auto"  # auto (a bar on a terminal) | bar | log
@@ -163,9 +172,17 @@ def validate(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if trainer.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"trainer.mixed_precision={trainer.mixed_precision!r}; use no, bf16 or fp16")
+    if trainer.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"trainer.strategy={trainer.strategy!r}; use ddp or fsdp")
+    if trainer.strategy == "fsdp" and trainer.mixed_precision == "fp16":
+        raise ConfigError("trainer.mixed_precision=fp16 does not go with trainer.strategy=fsdp; use bf16")
+    if not re.fullmatch(r"none|full|every_[1-9]\d*", str(trainer.activation_checkpointing)):
+        raise ConfigError(f"trainer.activation_checkpointing={trainer.activation_checkpointing!r}; use none, full or "
+                          "every_<k> (e.g. every_2)")
     if trainer.progress not in ("auto", "bar", "log"):
         raise ConfigError(f"trainer.progress={trainer.progress!r}; use auto, bar or log")
-    for key in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every", "keep_last"):
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every", "keep_last",
+                "check_every", "dist_timeout_s"):
         if trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:

@@ -1,15 +1,32 @@
-"""Data order that is a pure function of (seed, epoch, position), so a resumed run sees the batches a run
-never interrupted would have seen, on one process or many."""
+"""Data order and augmentation that are pure functions of (seed, epoch, position), so a resumed run sees the
+batches a run never interrupted would have seen: on one process or many, with or without data workers.
+
+Map-style data: `EpochSampler` deals each process its slice of every global batch and hands each sample a
+seed from (seed, epoch, position in the epoch); `SeededSamples` draws the sample's augmentation (torch,
+numpy and Python RNGs) from that seed alone. So augmentation differs between ranks (their positions differ)
+and does not depend on the number of workers or on where a run was resumed.
+
+Iterable data (a stream too large to index): torchdata's `StatefulDataLoader` saves each worker's reader
+position with the checkpoint, so a resumed stream goes on where it stopped instead of replaying.
+"""
 from __future__ import annotations
 
-from itertools import islice
+import hashlib
+import random
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 
-class EpochSampler(Sampler[int]):
-    """This process's indices for one epoch of fixed-size batches, shuffled from (seed, epoch).
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one sample: independent streams for every (seed, epoch, position)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This process's (index, sample seed) pairs for one epoch of fixed-size batches, shuffled from (seed, epoch).
 
     Global batch k of an epoch is split over processes; process r takes slice r of it. `set_position`
     chooses the epoch and how many of this process's batches to skip (resuming mid-epoch).
@@ -31,40 +48,68 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
+        order = torch.randperm(self.size, generator=generator).tolist()
         for k in range(self.skip, self.batches_per_epoch):
             start = (k * self.world + self.rank) * self.batch_size
-            yield from order[start:start + self.batch_size].tolist()
+            for position in range(start, start + self.batch_size):
+                yield order[position], sample_seed(self.seed, self.epoch, position)
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.skip) * self.batch_size
 
 
+class SeededSamples(Dataset):
+    """`dataset[index]` with the torch, numpy and Python RNGs seeded from the sample's own seed, and restored
+    afterwards (in the main process the training RNG goes on undisturbed)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                random.seed(seed)
+                return self.dataset[index]
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
+def _loader_options(num_workers: int) -> dict:
+    # pinned host memory makes host-to-GPU copies asynchronous; workers kept alive between epochs
+    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": num_workers > 0}
+
+
 def train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, world: int, collate_fn=None,
                  num_workers: int = 0) -> DataLoader:
-    """Map-style data goes through EpochSampler. An IterableDataset (a stream too large to index) yields
-    this process's share itself (e.g. `datasets.distributed.split_dataset_by_node`) and may take
-    `set_epoch`; a resumed run skips the batches already consumed in the epoch by reading past them."""
-    # the loader's own generator: making an iterator draws worker seeds from it, not from the global RNG
-    # (whose state a checkpoint restores), and it is reseeded from (seed, epoch) in `epoch_batches`
-    generator = torch.Generator().manual_seed(seed)
+    """Map-style data goes through EpochSampler and SeededSamples. An IterableDataset yields this process's
+    share itself (and each worker's), and is read through torchdata's StatefulDataLoader, whose
+    `state_dict()` the trainer saves per process; a dataset with its own `state_dict` resumes in place,
+    any other is fast-forwarded."""
     if isinstance(dataset, IterableDataset):
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
-                          drop_last=True, generator=generator)
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return StatefulDataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, drop_last=True,
+                                  **_loader_options(num_workers))
     sampler = EpochSampler(len(dataset), batch_size, seed=seed, rank=rank, world=world)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=num_workers, drop_last=True, generator=generator)
+    return DataLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                      drop_last=True, **_loader_options(num_workers))
 
 
-def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int):
-    """The batches of one epoch after the first `skip`."""
-    loader.generator.manual_seed(seed * 1_000_003 + epoch)
+def epoch_batches(loader: DataLoader, epoch: int, skip: int):
+    """The batches of one epoch after the first `skip` (map-style data). A stream's loader resumes from
+    the state the trainer restored (`load_state_dict`) and its epochs are the dataset's own."""
     if isinstance(loader.sampler, EpochSampler):
         loader.sampler.set_position(epoch, skip)
-        return iter(loader)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
-    return islice(iter(loader), skip, None)
+    return iter(loader)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, *, rank: int, world: int, collate_fn=None,
@@ -72,4 +117,5 @@ def eval_loader(dataset: Dataset, batch_size: int, *, rank: int, world: int, col
     """Every validation sample exactly once over all processes, in order."""
     indices = list(range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate_fn,
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(0))

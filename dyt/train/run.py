@@ -57,6 +57,9 @@ def _init_from(model, source: str) -> None:
             raise ConfigError(f"init_from={source} holds no complete checkpoint")
     weights = model_weights(path)
     own = model.state_dict()
+    # a scalar saved 0-dim before FSDP2 needed it 1-element still fits
+    weights = {k: v.reshape(own[k].shape) if k in own and v.numel() == own[k].numel() == 1 else v
+               for k, v in weights.items()}
     fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     fresh = sorted(k for k in own if k not in fitting)
     model.load_state_dict(fitting, strict=False)
@@ -76,31 +79,52 @@ def _size(dataset) -> str:
     return str(len(dataset)) if hasattr(dataset, "__len__") else "streamed"
 
 
-def build(cfg: DictConfig):
-    """The task and its model with the configured norm, seeded so that runs of one seed that differ only in
-    the norm share every other initial weight. Returns (task, model, swaps)."""
-    from accelerate.utils import set_seed
+def build_task(cfg: DictConfig):
     from hydra.utils import get_class
+
+    return get_class(cfg.task._target_)(cfg.task)
+
+
+def build_model(cfg: DictConfig, task, *, load_weights: bool = True):
+    """The task's model with the configured norm, seeded so that runs of one seed that differ only in the
+    norm share every other initial weight. `load_weights=False` builds it on the meta device (no memory, no
+    `init_from`: the weights come from rank 0). Returns (model, swaps)."""
+    import torch
+    from accelerate.utils import set_seed
 
     from dyt.convert import SwapList, convert
 
-    task = get_class(cfg.task._target_)(cfg.task)
     set_seed(cfg.seed)
-    model = task.build_model()
+    if load_weights:
+        model = task.build_model()
+    else:
+        with torch.device("meta"):
+            model = task.build_model()
     if cfg.norm.type == NATIVE:
         swaps = SwapList()
     else:
         swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
     task.adapt_to_norm(model, cfg.norm)
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and load_weights:
         _init_from(model, cfg.init_from)
+    return model, swaps
+
+
+def build(cfg: DictConfig):
+    """The task and its model (see build_model). Returns (task, model, swaps)."""
+    task = build_task(cfg)
+    model, swaps = build_model(cfg, task)
     return task, model, swaps
 
 
 def train(cfg: DictConfig) -> dict:
+    from datetime import timedelta
+
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+    from .parallel import prepare_model, seed_process
     from .slurm import export_distributed_env
     from .sweep import claim_point, current_sweep
     from .trainer import Trainer, write_json
@@ -115,15 +139,25 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "summary.json", result)
         return {**result, "exit_code": 0}
     export_distributed_env()
-    # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo group
-    accelerator = Accelerator(mixed_precision=cfg.trainer.mixed_precision, cpu=not torch.cuda.is_available())
+    tcfg = cfg.trainer
+    # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo
+    # group; under fsdp, FSDP2's MixedPrecisionPolicy casts, not accelerate's autocast
+    accelerator = Accelerator(
+        mixed_precision=tcfg.mixed_precision if tcfg.strategy == "ddp" else "no", cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=tcfg.dist_timeout_s))])
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    task, model, swaps = build(cfg)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tcfg.tf32
+    task = build_task(cfg)
+    if task.unused_parameters:
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    built = prepare_model(cfg, task, accelerator)
+    swaps, n_params = built.swaps, built.params
     train_set, val_set = task.build_data()
-    n_params = sum(p.numel() for p in model.parameters())
-    label = norm_label(cfg.norm, native=native_norm(model))
+    seed_process(cfg.seed, accelerator.process_index)
+    label = norm_label(cfg.norm, native=built.native)
     group = cfg.get("group") or (sweep.dir.name if sweep else f"{task.name}-{cfg.task.get('size', 'default')}")
     run_info = {"task": task.name, "size": cfg.task.get("size"), "norm": label, "norm_type": cfg.norm.type,
                 "alpha_init": OmegaConf.to_container(cfg.norm).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
@@ -134,14 +168,14 @@ def train(cfg: DictConfig) -> dict:
         (run_dir / "norms.txt").write_text(str(swaps) + "\n")
         log.info("run folder %s", run_dir)
         log.info("norm layers:\n%s", swaps)
-        log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes, α decay %s", task.name,
-                 n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes,
+        log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes (%s), α decay %s", task.name,
+                 n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes, tcfg.strategy,
                  "on" if cfg.trainer.optim.decay_alpha else "off")
     config = OmegaConf.to_container(cfg, resolve=True)
     if sweep:  # the swept values, as config keys the dashboard can group and filter by
         config["swept"] = dict(o.split("=", 1) for o in sweep.overrides if "=" in o)
     tracker_args = {"config": config, "name": f"{label}-s{cfg.seed}",
                     "group": group, "tags": [task.name, cfg.norm.type, label]}
-    trainer = Trainer(cfg, task, model, train_set, val_set, accelerator=accelerator, run_dir=run_dir,
+    trainer = Trainer(cfg, built, train_set, val_set, accelerator=accelerator, run_dir=run_dir,
                       run_info=run_info, tracker_args=tracker_args)
     return trainer.fit()

@@ -26,6 +26,11 @@ class Task:
     norm_roles: dict[str, str] | None = None  # module-path regex → attn / ffn / final, before dyt's defaults
     loss_is_nll: bool = False  # train/loss is a mean negative log-likelihood: also log train/ppl = exp(train/loss)
     norm_exclude: tuple[str, ...] = ()  # module-path regexes of norms the paper keeps (wav2vec 2.0's GroupNorm)
+    # module-path regex of the repeated blocks: the units of FSDP sharding, activation checkpointing and
+    # per-block compilation (trainer.strategy=fsdp, trainer.activation_checkpointing, trainer.compile)
+    shard_units: str | None = None
+    # DDP: some parameters may get no gradient in a step (layer drop skips whole layers)
+    unused_parameters: bool = False
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

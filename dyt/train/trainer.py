@@ -1,5 +1,10 @@
-"""One training loop for every task: accelerate, AdamW with the DyT decay rule, warm-up + cosine, clipping,
-evaluation, atomic checkpoints with exact resume, preemption and divergence handling."""
+"""One training loop for every task: DDP (accelerate) or FSDP2 (dyt.train.parallel), AdamW with an explicit
+decay rule, the official lr schedules, clipping, evaluation of the weights and of their EMA, atomic
+checkpoints with exact resume, preemption and divergence handling.
+
+On the device the loop never waits for the host between checks: the loss, metrics and gradient norm stay
+tensors, and divergence and preemption are agreed on every `trainer.check_every` steps and at every log,
+evaluation and checkpoint, where the host reads them anyway."""
 from __future__ import annotations
 
 import json
@@ -22,7 +27,9 @@ from dyt.analysis import alpha_values, record_input_std
 from ..optim import param_groups
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import epoch_batches, eval_loader, train_loader
+from .ema import WeightEma
 from .hardware import peak_flops
+from .parallel import Built, full_state_dict, full_tensor
 from .schedule import learning_rate
 from .task import Task
 from .tracking import Tracker
@@ -91,10 +98,12 @@ def write_json(path: Path, value: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, task: Task, model: torch.nn.Module, train_set, val_set, *,
-                 accelerator: Accelerator, run_dir: Path, run_info: dict, tracker_args: dict):
-        self.cfg, self.tcfg, self.task = cfg, cfg.trainer, task
+    def __init__(self, cfg: DictConfig, built: Built, train_set, val_set, *, accelerator: Accelerator,
+                 run_dir: Path, run_info: dict, tracker_args: dict):
+        self.cfg, self.tcfg, self.task = cfg, cfg.trainer, built.task
+        task, model = built.task, built.model
         self.accelerator, self.run_dir, self.run_info = accelerator, run_dir, run_info
+        self.sharded = cfg.trainer.strategy == "fsdp"
         self.raw_model = model
         self.ckpt_root = run_dir / "checkpoints"
         tcfg, acc = self.tcfg, accelerator
@@ -108,24 +117,30 @@ class Trainer:
         self.val_dl = eval_loader(val_set, tcfg.batch_size, rank=acc.process_index, world=acc.num_processes,
                                   collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
         optim = tcfg.optim
+        # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
         groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-        if tcfg.compile:
-            model = torch.compile(model)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.ema = None
-        if tcfg.ema_decay:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay)
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                      fused=True if acc.device.type == "cuda" else None)
+        if self.sharded:  # never through acc.prepare, which would wrap the sharded model in DDP
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema = WeightEma(self.raw_model, tcfg.ema_decay) if tcfg.ema_decay else None
+        if self.ema is not None and not self.sharded:
             acc.register_for_checkpointing(self.ema)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self.train_seconds = 0.0
+        self.streamed = hasattr(self.train_dl, "state_dict")  # torchdata's StatefulDataLoader: an iterable stream
+        self.first_bad_step = torch.full((), -1, device=acc.device)  # the first step whose loss was not finite
         resume_from = latest_checkpoint(self.ckpt_root)
         if resume_from is not None:
-            self._restore(load_checkpoint(acc, resume_from))
+            state, data_state = load_checkpoint(acc, resume_from, model=self.model, optimizer=self.optimizer,
+                                                ema=self.ema, sharded=self.sharded)
+            self._restore(state)
+            if data_state is not None and self.streamed:
+                self.train_dl.load_state_dict(data_state)
             log.info("resumed from %s at step %d", resume_from, self.step)
         self.peak_flops = peak_flops(tcfg.peak_tflops)
         self.tracker = Tracker(run_dir, cfg.logger, resume_step=self.step if resume_from else None,
@@ -148,10 +163,10 @@ class Trainer:
 
         while True:
             empty = True
-            for batch in epoch_batches(self.train_dl, self.epoch, self.batch_in_epoch, self.cfg.seed):
+            for batch in epoch_batches(self.train_dl, self.epoch, self.batch_in_epoch):
                 empty = False
                 self.batch_in_epoch += 1
-                yield send_to_device(batch, self.accelerator.device)
+                yield send_to_device(batch, self.accelerator.device, non_blocking=True)
             if empty and self.batch_in_epoch == 0:
                 raise RuntimeError("the training data yielded no batch in a whole epoch")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -166,8 +181,7 @@ class Trainer:
         try:
             with preemption:
                 self._loop(preemption)
-            if acc.is_main_process:
-                self.task.on_run_end(acc.unwrap_model(self.model), self.run_dir, self.tracker)
+            self._on_run_end()
         except Diverged as err:
             status, error = "diverged", str(err)
             log.warning("diverged: %s", err)
@@ -195,40 +209,48 @@ class Trainer:
         self.model.train()
         while self.step < tcfg.max_steps:
             tick = time.time()
-            log_now = (self.step + 1) % tcfg.log_every == 0 or self.step + 1 == tcfg.max_steps
+            next_step = self.step + 1
+            log_now = next_step % tcfg.log_every == 0 or next_step == tcfg.max_steps
+            eval_now = next_step % tcfg.eval_every == 0 or next_step == tcfg.max_steps
+            ckpt_now = next_step % tcfg.ckpt_every == 0 or next_step == tcfg.max_steps
             step_loss, step_metrics, stds = 0.0, {}, {}
             task.set_step(self.step, tcfg.max_steps)
             for micro in range(self.grad_accum):
                 batch = next(batches)
                 sync = micro == self.grad_accum - 1
                 record = record_input_std(self.raw_model) if log_now and micro == 0 else nullcontext({})
-                with (nullcontext() if sync else acc.no_sync(self.model)), record as recorded:
+                with self._gradient_sync(sync), record as recorded:
                     loss, metrics = task.loss(self.model, batch)
                     acc.backward(loss / self.grad_accum)
                 stds.update(recorded)
-                step_loss += loss.detach().float() / self.grad_accum
+                step_loss = step_loss + loss.detach().float() / self.grad_accum
                 for k, v in metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / self.grad_accum
+                    value = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                    step_metrics[k] = step_metrics.get(k, 0.0) + value / self.grad_accum
                 samples, tokens = task.count(batch)
                 window.add_data(samples * acc.num_processes, None if tokens is None else tokens * acc.num_processes)
-            clip = tcfg.optim.clip_grad if tcfg.optim.clip_grad else math.inf
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            self._check(step_loss, grad_norm, preemption)
+            grad_norm = self._clip_gradients()
+            finite = torch.isfinite(step_loss)
+            if self.tcfg.mixed_precision != "fp16":  # fp16's loss scaler skips steps with non-finite gradients
+                finite = finite & torch.isfinite(grad_norm)
+            self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
+                                              torch.full_like(self.first_bad_step, next_step))
+            if log_now or eval_now or ckpt_now or next_step % tcfg.check_every == 0:
+                self._check(step_loss, grad_norm, preemption)
             lr = self._set_lr()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(self.raw_model, step=self.step)
+                self.ema.update()
             self.step += 1
             self.train_seconds += time.time() - tick
-            window.add_step(float(step_loss), step_metrics, grad_norm, time.time() - tick)
+            window.add_step(step_loss, step_metrics, grad_norm, time.time() - tick)
             if log_now:
                 self._log_train(window, lr, stds, bar)
                 window = _Window()
-            if self.step % tcfg.eval_every == 0 or self.step == tcfg.max_steps:
+            if eval_now:
                 self._evaluate(bar)
-            if self.step % tcfg.ckpt_every == 0 or self.step == tcfg.max_steps:
+            if ckpt_now:
                 self._checkpoint()
             if bar is not None:
                 bar.update(1)
@@ -237,17 +259,35 @@ class Trainer:
         if bar is not None:
             bar.close()
 
-    def _check(self, loss: torch.Tensor, grad_norm: float, preemption: PreemptionFlag) -> None:
-        """Divergence (a non-finite loss, or grad norm outside fp16 loss scaling) and preemption, agreed on
-        by every process before the optimizer step."""
-        fp16 = self.tcfg.mixed_precision == "fp16"
-        bad = not torch.isfinite(loss).item() or (not math.isfinite(grad_norm) and not fp16)
-        flags = torch.tensor([float(bad), float(preemption.signum)], device=self.accelerator.device)
+    def _gradient_sync(self, sync: bool):
+        """Inner micro-steps of gradient accumulation skip the gradient reduction."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(sync)
+            return nullcontext()
+        return nullcontext() if sync else self.accelerator.no_sync(self.model)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The total gradient norm (clipped to `clip_grad` when set), as a tensor on the device."""
+        clip = self.tcfg.optim.clip_grad if self.tcfg.optim.clip_grad else math.inf
+        if self.sharded:  # sharded gradients: torch's clip reduces their norms across ranks into a DTensor
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        else:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+        return norm.detach().float() if norm is not None else torch.full((), math.nan, device=self.accelerator.device)
+
+    def _check(self, loss: torch.Tensor, grad_norm: torch.Tensor, preemption: PreemptionFlag) -> None:
+        """Divergence (a non-finite loss, or grad norm outside fp16 loss scaling, at any step since the last
+        check) and preemption, agreed on by every process; the one place the loop waits for the device."""
+        flags = torch.stack([(self.first_bad_step >= 0).float(), torch.tensor(float(preemption.signum),
+                                                                              device=self.first_bad_step.device)])
         flags = self.accelerator.reduce(flags, "sum") if self.accelerator.num_processes > 1 else flags
-        if flags[0] > 0:
-            raise Diverged(f"non-finite loss or grad norm at step {self.step + 1} (loss {loss.item():.4g}, "
-                           f"grad norm {grad_norm:.4g})")
-        if flags[1] > 0 and not preemption.signum:
+        bad, signalled = flags.tolist()
+        if bad > 0:
+            first = int(self.first_bad_step.item())
+            where = f"at step {first}" if first >= 0 else "on another process"
+            raise Diverged(f"non-finite loss or grad norm {where} (loss {float(loss):.4g}, "
+                           f"grad norm {float(grad_norm):.4g})")
+        if signalled > 0 and not preemption.signum:
             preemption.signum = int(signal.SIGTERM)
 
     def _set_lr(self) -> float:
@@ -270,17 +310,18 @@ class Trainer:
 
     def _log_train(self, window: "_Window", lr: float, stds: dict, bar) -> None:
         acc = self.accelerator
-        stats = torch.tensor([window.loss_sum, window.steps], device=acc.device, dtype=torch.float64)
+        stats = torch.stack([torch.as_tensor(window.loss_sum, device=acc.device, dtype=torch.float64),
+                             torch.tensor(float(window.steps), device=acc.device, dtype=torch.float64)])
         if acc.num_processes > 1:
             stats = acc.reduce(stats, "sum")
-        metrics = {"train/loss": float(stats[0] / stats[1]), "lr": lr, "grad_norm": window.grad_norm,
+        metrics = {"train/loss": float(stats[0] / stats[1]), "lr": lr, "grad_norm": float(window.grad_norm),
                    "samples_per_s": window.samples / window.seconds, "epoch": self.epoch}
         if window.tokens:
             metrics["tokens_per_s"] = window.tokens / window.seconds
         if self.task.flops_per_sample and self.peak_flops:
             achieved = self.task.flops_per_sample * metrics["samples_per_s"]
             metrics["mfu"] = achieved / (self.peak_flops * acc.num_processes)
-        metrics.update({f"train/{k}": v / window.steps for k, v in window.metrics.items()})
+        metrics.update({f"train/{k}": float(v) / window.steps for k, v in window.metrics.items()})
         if self.task.loss_is_nll:  # of the window's mean loss: a mean of per-step exp(loss) would be biased up
             metrics["train/ppl"] = math.exp(min(metrics["train/loss"], 700))
         metrics.update({f"alpha/{k}": v for k, v in alpha_values(self.raw_model).items()})
@@ -293,31 +334,16 @@ class Trainer:
         elif acc.is_main_process:
             rate = f"{metrics['tokens_per_s']:.0f} tok/s" if window.tokens else f"{metrics['samples_per_s']:.1f} samples/s"
             log.info("step %d/%d  loss %.4f  lr %.2e  grad norm %.3g  %s", self.step, self.tcfg.max_steps,
-                     metrics["train/loss"], lr, window.grad_norm, rate)
+                     metrics["train/loss"], lr, metrics["grad_norm"], rate)
 
     @torch.no_grad()
     def _evaluate(self, bar) -> None:
-        acc = self.accelerator
-        model = self.ema.module if self.ema is not None else self.model
-        model.eval()
-        limit = self.tcfg.max_eval_batches
-
-        def batches():
-            from accelerate.utils import send_to_device
-
-            for i, batch in enumerate(self.val_dl):
-                if limit is not None and i >= limit:
-                    return
-                yield send_to_device(batch, acc.device)
-
-        def reduce(totals: dict) -> dict:
-            if acc.num_processes == 1:
-                return totals
-            keys = sorted(totals)
-            stacked = torch.stack([torch.as_tensor(totals[k], device=acc.device, dtype=torch.float64) for k in keys])
-            return dict(zip(keys, acc.reduce(stacked, "sum")))
-
-        metrics = {f"val/{k}": v for k, v in self.task.evaluate(model, batches(), reduce).items()}
+        """The task's metrics for the trained weights (`val/…`) and, with an EMA, for the averaged ones
+        (`val_ema/…`): the official vision code evaluates and reports both."""
+        metrics = self._evaluate_weights("val")
+        if self.ema is not None:
+            with self.ema.swapped_in():
+                metrics.update(self._evaluate_weights("val_ema"))
         self.model.train()
         self.last_eval = metrics
         headline = self.task.headline
@@ -328,12 +354,55 @@ class Trainer:
             if better:
                 self.best = {**metrics, "step": self.step}
         self.tracker.log(metrics, self.step)
-        if acc.is_main_process:
+        if self.accelerator.is_main_process:
             text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             (bar.write if bar is not None else log.info)(f"step {self.step}  {text}")
 
+    def _evaluate_weights(self, prefix: str) -> dict[str, float]:
+        acc = self.accelerator
+        self.model.eval()
+        limit = self.tcfg.max_eval_batches
+
+        def batches():
+            from accelerate.utils import send_to_device
+
+            for i, batch in enumerate(self.val_dl):
+                if limit is not None and i >= limit:
+                    return
+                yield send_to_device(batch, acc.device, non_blocking=True)
+
+        def reduce(totals: dict) -> dict:
+            if acc.num_processes == 1:
+                return totals
+            keys = sorted(totals)
+            stacked = torch.stack([torch.as_tensor(totals[k], device=acc.device, dtype=torch.float64) for k in keys])
+            return dict(zip(keys, acc.reduce(stacked, "sum")))
+
+        return {f"{prefix}/{k}": v for k, v in self.task.evaluate(self.model, batches(), reduce).items()}
+
+    def _on_run_end(self) -> None:
+        """The task's artifacts (sample grids, …), made on the main process from the EMA weights where there
+        are some, else the trained ones. A sharded model is gathered into an unsharded copy first (only for
+        tasks that make artifacts)."""
+        if type(self.task).on_run_end is Task.on_run_end:
+            return
+        with self.ema.swapped_in() if self.ema is not None else nullcontext():
+            if self.sharded:
+                weights = full_state_dict(self.model)  # every rank takes part
+            elif self.accelerator.is_main_process:
+                self.task.on_run_end(self.accelerator.unwrap_model(self.model).eval(), self.run_dir, self.tracker)
+        if self.sharded and self.accelerator.is_main_process:
+            from .run import build_model
+
+            model, _ = build_model(self.cfg, self.task)  # real, for its non-persistent buffers
+            model.load_state_dict(weights)
+            self.task.on_run_end(model.to(self.accelerator.device).eval(), self.run_dir, self.tracker)
+
     def _checkpoint(self) -> None:
-        save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last)
+        data_state = self.train_dl.state_dict() if self.streamed else None
+        save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last,
+                        model=self.model, optimizer=self.optimizer, ema=self.ema, sharded=self.sharded,
+                        data_state=data_state)
 
     def _requeue(self) -> None:
         job = os.environ.get("SLURM_JOB_ID")
@@ -362,13 +431,13 @@ class _Window:
 
     def __init__(self):
         self.steps, self.loss_sum, self.seconds, self.samples, self.tokens = 0, 0.0, 0.0, 0, 0
-        self.grad_norm, self.metrics = float("nan"), {}
+        self.grad_norm, self.metrics = float("nan"), {}  # tensors on the device once steps are added
 
     def add_data(self, samples: int, tokens: int | None) -> None:
         self.samples += samples
         self.tokens += tokens or 0
 
-    def add_step(self, loss: float, metrics: dict, grad_norm: float, seconds: float) -> None:
+    def add_step(self, loss, metrics: dict, grad_norm, seconds: float) -> None:
         self.steps += 1
         self.loss_sum += loss
         self.grad_norm, self.seconds = grad_norm, self.seconds + seconds

@@ -216,44 +216,128 @@ def tokens_of(documents, text_field: str, tokenizer) -> np.ndarray:
     return np.asarray(ids, dtype=token_dtype(len(tokenizer)))
 
 
+def held_out_documents(stream, count: int) -> tuple[list, dict[int, int]]:
+    """The stream's first `count` documents (validation) and, per shard (file), how many of them it holds:
+    the training readers start each shard after its held-out documents."""
+    held_out, skip = [], {}
+    for shard in range(stream.num_shards):
+        if len(held_out) >= count:
+            break
+        taken = list(islice(stream.shard(stream.num_shards, shard), count - len(held_out)))
+        held_out += taken
+        skip[shard] = len(taken)
+    return held_out, skip
+
+
 class StreamedWindows(IterableDataset):
-    """Windows of seq_len + 1 tokens cut from a `datasets` stream tokenized on the fly, for corpora too
-    large to tokenize up front. Each process (and DataLoader worker) reads its own share of the stream
-    (`split_dataset_by_node`); documents pass through a shuffle buffer reseeded every epoch."""
+    """Windows of seq_len + 1 tokens cut from a `datasets` stream tokenized on the fly, for corpora too large to
+    tokenize up front, with a position that a checkpoint saves and a resumed run restores without re-reading.
+
+    Every process × DataLoader worker is one reader, g of G. With at least G shards (files), reader g reads the
+    shards s ≡ g (mod G), disjoint from every other reader's, in an order reshuffled every epoch; with fewer,
+    every reader walks every shard and tokenizes only its own documents (every G-th). Documents are shuffled in
+    blocks of `shuffle_buffer` by a permutation drawn from (seed, epoch, shard, block), so the position is a few
+    integers plus the tokens not yet cut into a window (`state_dict`). Epochs follow one another: the stream
+    never ends."""
+
+    TOKENIZE_BATCH = 64
 
     def __init__(self, stream, text_field: str, tokenizer, seq_len: int, *, seed: int, shuffle_buffer: int,
-                 rank: int, world: int):
+                 rank: int, world: int, skip: dict[int, int] | None = None):
         self.stream, self.text_field, self.tokenizer, self.seq_len = stream, text_field, tokenizer, seq_len
-        self.seed, self.shuffle_buffer, self.rank, self.world = seed, shuffle_buffer, rank, world
+        self.seed, self.block, self.rank, self.world = seed, max(1, shuffle_buffer), rank, world
+        self.skip = skip or {}
         self.epoch = 0
+        self.documents_read = 0  # documents tokenized by this reader (the tests count them)
+        self._position: dict | None = None  # restored by load_state_dict
+        self._live: dict | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Start from the beginning of this epoch."""
+        self.epoch, self._position = epoch, None
 
-    def _share(self):
-        from datasets.distributed import split_dataset_by_node
+    # ---------------------------------------------------------------- position
 
-        stream = self.stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-        index, count = self.rank, self.world
+    def state_dict(self) -> dict:
+        """Where this reader stands after the last window it yielded."""
+        live = self._live
+        if live is None:
+            return {"position": self._position, "epoch": self.epoch}
+        tokens, start = live["tokens"], live["start"]
+        return {"position": {**{k: v for k, v in live.items() if k not in ("tokens", "start")},
+                             "carry": np.asarray(tokens[start:], dtype=np.int64)}, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._position, self.epoch = state["position"], state["epoch"]
+
+    # ---------------------------------------------------------------- reading
+
+    def _reader(self) -> tuple[int, int]:
         worker = torch.utils.data.get_worker_info()
-        if worker is not None:
-            index, count = index * worker.num_workers + worker.id, count * worker.num_workers
-        if count > 1:
-            # by example, never by file: `skip(val_documents)` before a by-file split would skip only a share
-            # of the validation documents on each rank and train on the rest of them
-            stream = split_dataset_by_node(stream, rank=index, world_size=count, strategy="examples")
-        stream.set_epoch(self.epoch)  # after the split, which forgets the epoch
-        return stream
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        return self.rank * workers + worker_id, self.world * workers
+
+    def _shards(self, reader: int, readers: int, epoch: int) -> tuple[list[int], int, int]:
+        """(this reader's shards in this epoch's order, document stride, document offset)."""
+        count = self.stream.num_shards
+        if count >= readers:
+            shards, stride, offset = [s for s in range(count) if s % readers == reader], 1, 0
+        else:
+            shards, stride, offset = list(range(count)), readers, reader
+        order = torch.randperm(len(shards), generator=torch.Generator().manual_seed(_seed(self.seed, epoch, reader)))
+        return [shards[i] for i in order.tolist()], stride, offset
+
+    def _blocks(self, shard: int, stride: int, offset: int, first_block: int):
+        """This reader's documents of one shard, in blocks of `shuffle_buffer`, from block `first_block`; the
+        documents before it are skipped by the datasets reader without being tokenized."""
+        documents = self.stream.shard(self.stream.num_shards, shard)
+        start = self.skip.get(shard, 0) + first_block * self.block * stride
+        # `.iter`, not `__iter__`: in a DataLoader worker the latter would split the shard among workers again
+        texts = (text for batch in documents.skip(start).iter(batch_size=256) for text in batch[self.text_field] if text)
+        mine = islice(texts, offset, None, stride)
+        while True:
+            block = list(islice(mine, self.block))
+            if not block:
+                return
+            yield block
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        reader, readers = self._reader()
         eot, window = end_of_text_id(self.tokenizer), self.seq_len + 1
-        buffer: list[int] = []
-        for texts in text_batches(self._share(), self.text_field, batch_size=64):
-            for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
-                buffer += ids + [eot]
-            while len(buffer) >= window:
-                yield torch.tensor(buffer[:window])
-                del buffer[:self.seq_len]
+        position = self._position or {"epoch": self.epoch, "slot": 0, "block": 0, "done": 0,
+                                      "carry": np.zeros(0, dtype=np.int64)}
+        live = {"epoch": position["epoch"], "slot": position["slot"], "block": position["block"],
+                "done": position["done"], "tokens": position["carry"].tolist(), "start": 0}
+        self._live = live
+        while True:
+            shards, stride, offset = self._shards(reader, readers, live["epoch"])
+            while live["slot"] < len(shards):
+                shard = shards[live["slot"]]
+                for block in self._blocks(shard, stride, offset, live["block"]):
+                    generator = torch.Generator().manual_seed(_seed(self.seed, live["epoch"], shard, live["block"]))
+                    order = torch.randperm(len(block), generator=generator).tolist()
+                    while live["done"] < len(order):
+                        batch = [block[i] for i in order[live["done"]:live["done"] + self.TOKENIZE_BATCH]]
+                        for ids in self.tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                            live["tokens"] += ids + [eot]
+                        self.documents_read += len(batch)
+                        live["done"] += len(batch)
+                        while len(live["tokens"]) - live["start"] >= window:
+                            first = live["start"]
+                            out = torch.tensor(live["tokens"][first:first + window])
+                            live["start"] = first + self.seq_len
+                            if live["start"] > 65536:  # drop the tokens already cut, now and then
+                                del live["tokens"][:live["start"]]
+                                live["start"] = 0
+                            yield out
+                    live["block"], live["done"] = live["block"] + 1, 0
+                live["slot"], live["block"], live["done"] = live["slot"] + 1, 0, 0
+            live["epoch"], live["slot"] = live["epoch"] + 1, 0
+            self.epoch = live["epoch"]
+
+
+def _seed(*parts: int) -> int:
+    return int(_key(*parts), 16) >> 1
 
 
 class TextCorpus:
@@ -310,10 +394,11 @@ class TextCorpus:
 
         cfg, tokenizer = self.cfg, self.tokenizer
         if cfg.streaming and not self.embedded:
-            held_out = self.documents.take(cfg.val_documents)
-            val = TokenWindows(tokens_of(held_out, self.text_field, tokenizer), seq_len)
-            train = StreamedWindows(self.documents.skip(cfg.val_documents), self.text_field, tokenizer, seq_len,
-                                    seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world)
+            held_out, skip = held_out_documents(self.documents, cfg.val_documents)
+            val = TokenWindows(tokens_of([d[self.text_field] for d in held_out if d[self.text_field]],
+                                         self.text_field, tokenizer), seq_len)
+            train = StreamedWindows(self.documents, self.text_field, tokenizer, seq_len, seed=seed,
+                                    shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world, skip=skip)
             return train, val
         path = self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
         path.parent.mkdir(parents=True, exist_ok=True)

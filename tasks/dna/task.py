@@ -25,6 +25,7 @@ DYT_LIKE = ("dyt", "derf")
 
 class GenomeTask(Task):
     objective = "causal"  # or "mlm"
+    shard_units = r"blocks\.\d+"  # Hyena and Mamba blocks
     sizes: dict[str, dict] = {}
     collate_fn = staticmethod(pad_collate)
 
