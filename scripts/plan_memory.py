@@ -71,6 +71,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python scripts/plan_memory.py` from anywhere imports this checkout's dyt/, tasks/
     sys.path.insert(0, str(ROOT))
@@ -96,6 +100,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     the overrides: they choose the configuration the verdict speaks of, whatever the config schema knows."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # main() looks for --json itself
         usage="%(prog)s [train.py overrides …] [trainer.strategy=ddp|fsdp] --gpus N --gpu-mem GiB [options]")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the run shards and replicates over (default 8)")
     parser.add_argument("--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
@@ -237,7 +242,8 @@ def _dit_task(cls, task_cfg, notes):
             task.channels, factor = vae_geometry(vae)
         else:  # facebookresearch/DiT train.py: SD-VAE latents, 4 channels at 1/8 of the image size
             task.channels, factor = 4, 8
-            notes.append("DiT latents: SD-VAE's geometry (4 channels, image_size / 8), as DiT; task.vae.path gives another")
+            notes.append("DiT latents: SD-VAE's geometry (4 channels, image_size / 8), as DiT; task.vae.path "
+                         "gives another")
         task.input_size = task_cfg.data.image_size // factor
         task.num_classes = task_cfg.data.num_classes
         task.embedded = False
@@ -247,8 +253,6 @@ def _dit_task(cls, task_cfg, notes):
 def build_on_meta(cfg, task, device: str = "meta"):
     """The model as `dyt.train.run.build` makes it (native norms, then `dyt.convert`, then the task's
     norm-dependent changes), on the meta device (or, for a check, a real one). Returns (model, swaps)."""
-    import torch
-
     from dyt.convert import SwapList, convert
     from dyt.train.config import NATIVE, norm_spec
 
@@ -268,8 +272,6 @@ def build_on_meta(cfg, task, device: str = "meta"):
 def find_units(model):
     """(path, [modules]) of the sharding and checkpointing units: the ModuleList or Sequential of modules of
     one class that holds the most parameters (decoder layers, blocks, stages)."""
-    from torch import nn
-
     best = None
     for path, module in model.named_modules():
         if isinstance(module, (nn.ModuleList, nn.Sequential)):
@@ -319,7 +321,6 @@ def _key(t) -> int:
 def _flash_sdpa():
     """Stands in for SDPA on the meta device: what FlashAttention-2 and memory-efficient attention keep for
     backward (q, k, v, the output and the fp32 log-sum-exp per row), not the s×s matrix of the math path."""
-    import torch
 
     class FlashAttention(torch.autograd.Function):
         @staticmethod
@@ -346,8 +347,6 @@ def _flash_sdpa():
 
 def _fused_dyt():
     """DyT as the fused op (Triton on CUDA) runs it: it keeps its input (and α, γ), nothing else."""
-    import torch
-
     from dyt.kernels import dispatch
     from dyt.kernels.ops import out_dtype
 
@@ -374,8 +373,6 @@ def _fused_dyt():
 @contextlib.contextmanager
 def gpu_kernels(attention: str):
     """Patch, for the trace only, the calls whose meta fallback keeps more than the GPU kernel does."""
-    import torch.nn.functional as F
-
     from dyt.kernels import dispatch
 
     saved = F.scaled_dot_product_attention, dispatch.dynamic_tanh
@@ -391,7 +388,6 @@ def gpu_kernels(attention: str):
 def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash") -> ActivationTrace:
     """Run `loss_fn()` (a forward and loss, on meta tensors for a plan, on real ones to check the plan) with
     the model in `dtype` and count what autograd saves, each storage once, the model's weights left out."""
-    import torch
     from torch.utils._pytree import tree_flatten
 
     model.to(dtype)
@@ -401,12 +397,14 @@ def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash")
     owner: dict[int, int] = {}  # storage → index of the unit that saved it first (-1: outside)
     inputs: dict[int, int] = {}  # storage → bytes of the units' inputs
     active: list[int] = []
+    held: list = []  # every tensor counted stays alive until the counts are done: no storage address is reused
 
     def pack(t):
         key = _key(t)
         if key not in weights and key not in sizes:
             sizes[key] = _storage(t).nbytes()
             owner[key] = active[-1] if active else -1
+            held.append(t)
         return t
 
     def cast_inputs(_module, args, kwargs):  # FSDP2's MixedPrecisionPolicy(cast_forward_inputs=True)
@@ -419,8 +417,9 @@ def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash")
         def hook(_module, args, kwargs):
             active.append(index)
             for x in tree_flatten((args, kwargs))[0]:
-                if isinstance(x, torch.Tensor) and _key(x) not in weights:
-                    inputs.setdefault(_key(x), _storage(x).nbytes())
+                if isinstance(x, torch.Tensor) and _key(x) not in weights and _key(x) not in inputs:
+                    inputs[_key(x)] = _storage(x).nbytes()
+                    held.append(x)
         return hook
 
     def leave(_module, _args, _output):
@@ -433,7 +432,7 @@ def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash")
     try:
         with gpu_kernels(attention), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = loss_fn()
-        del loss  # the graph (and the meta tensors it holds) goes; the counts stay
+        del loss
     finally:
         for handle in handles:
             handle.remove()
@@ -445,6 +444,7 @@ def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash")
         else:
             per_unit[owner[key]] += size
     kept_inputs = sum(size for key, size in inputs.items() if owner.get(key, 0) >= 0)  # not counted outside
+    held.clear()
     return ActivationTrace(total=sum(sizes.values()), outside_units=outside, per_unit=per_unit, unit_inputs=kept_inputs)
 
 
@@ -454,9 +454,6 @@ def trace_activations(model, units, loss_fn, *, dtype, attention: str = "flash")
 def loss_function(task, model, cfg, micro_batch: int, device: str = "meta"):
     """(a function running the task's forward and loss on a micro-batch of meta tensors (or, for a check,
     real zeros on `device`), the scale of the trace, a description of the batch)."""
-    import torch
-    import torch.nn.functional as F
-
     meta = torch.device(device)
     name = type(task).__name__
     if name == "Llama":
@@ -469,15 +466,13 @@ def loss_function(task, model, cfg, micro_batch: int, device: str = "meta"):
         return (lambda: F.cross_entropy(model(images).float(), labels)), 1.0, \
             f"{micro_batch} images of {task.channels}×{size}×{size}"
     if name == "DiTTask":
-        from tasks.dit import TRAIN_TIMESTEPS
-
         # the noise schedule's tensors on the batch's device: diffusers' add_noise moves alphas_cumprod there
         # and variational_bound combines it with betas, which it leaves on the CPU
-        for name in ("betas", "alphas", "alphas_cumprod"):
-            setattr(task.scheduler, name, getattr(task.scheduler, name).to(meta))
+        for attr in ("betas", "alphas", "alphas_cumprod"):
+            setattr(task.scheduler, attr, getattr(task.scheduler, attr).to(meta))
         x0 = torch.zeros(micro_batch, task.channels, task.input_size, task.input_size, device=meta)
         y = torch.zeros(micro_batch, dtype=torch.long, device=meta)
-        t = torch.zeros(micro_batch, dtype=torch.long, device=meta).clamp(max=TRAIN_TIMESTEPS - 1)
+        t = torch.zeros(micro_batch, dtype=torch.long, device=meta)  # a timestep index; any traces alike
         return (lambda: task.diffusion_loss(model, x0, y, t, torch.zeros_like(x0))[0].mean()), 1.0, \
             f"{micro_batch} inputs of {task.channels}×{task.input_size}×{task.input_size}"
     if name == "Wav2Vec2Pretraining":
@@ -491,9 +486,6 @@ def _wav2vec2_loss(task, model, micro_batch, device):
     """One length batch holds task.data.max_tokens audio samples as utterances of max_sample_size; the
     contrastive head is traced over mask_time_prob × frames masked frames, each against num_negatives + 1
     candidates, as the task's `_contrastive` computes it (bool indexing by a gather of that many frames)."""
-    import torch
-    import torch.nn.functional as F
-
     d, c = task.cfg.data, task.config
     utterances = max(1, d.max_tokens // d.max_sample_size) * micro_batch
     waves = torch.zeros(utterances, d.max_sample_size, device=device)
@@ -510,16 +502,14 @@ def _wav2vec2_loss(task, model, micro_batch, device):
         predicted = out.projected_states.reshape(-1, dim)[frame]
         targets = out.projected_quantized_states.reshape(-1, dim)
         candidates = torch.cat([targets[frame][:, None], targets[negatives].view(masked, c.num_negatives, dim)], 1)
-        logits = F.cosine_similarity(predicted[:, None].float(), candidates.float(), dim=-1) / c.contrastive_logits_temperature
+        similarity = F.cosine_similarity(predicted[:, None].float(), candidates.float(), dim=-1)
+        logits = similarity / c.contrastive_logits_temperature
         return F.cross_entropy(logits, logits.new_zeros(masked, dtype=torch.long)) + out.codevector_perplexity
 
     return loss, 1.0, f"{utterances} utterances of {d.max_sample_size} samples ({frames} frames, {masked} masked)"
 
 
 def _genome_loss(task, model, micro_batch, device):
-    import torch
-    import torch.nn.functional as F
-
     data = task.cfg.data
     if task.finetune:
         length = data.max_len or data.window
@@ -537,7 +527,9 @@ def _genome_loss(task, model, micro_batch, device):
         logits, targets = task._outputs(model, batch)
         return F.cross_entropy(logits.float(), targets)
 
-    what = f"{micro_batch} × {length} nucleotides" + (f" (traced over {traced}, scaled ×{scale:.1f})" if scale != 1 else "")
+    what = f"{micro_batch} × {length} nucleotides"
+    if scale != 1:
+        what += f" (traced over {traced}, scaled ×{scale:.1f})"
     return loss, scale, what
 
 
@@ -545,15 +537,16 @@ def _genome_loss(task, model, micro_batch, device):
 
 
 def llama_layer_activation_bytes(config, batch: int, seq: int, *, fused_norm: bool, dtype_bytes: int = 2) -> float:
-    """Bytes one transformers LlamaDecoderLayer keeps for backward with flash attention, per micro-batch
-    (in units of s·b·h·2 bytes for 16-bit): each norm keeps its input — HF's RMSNorm an fp32 copy (4) and the
-    bf16 normalised x (2), a fused DyT the bf16 input (2) — and the q/k/v or gate/up projections keep the norm's
-    output (2); flash attention keeps q after RoPE (2), k and v (2 · kv_heads/heads each) and its output (2);
-    o_proj keeps the output transposed back to [b, s, h] (2); SwiGLU keeps SiLU's input, its output, up's output
-    and their product, each [b, s, f] (4 · 2 · f/h). Total s·b·h·(2·(norm + 2) + 6 + 4·kv/a + 8·f/h) bytes:
-    with RMSNorm 26 + 8·f/h (LLaMA 7B, f/h = 2.6875: 47.5), with DyT 18 + 8·f/h (39.5). Korthikanti et al.
-    count 34 + 5·a·s/h for GPT (GELU MLP of 4h, dropout masks, no flash); the small terms (RMSNorm's fp32
-    rstd, flash's fp32 log-sum-exp, s·b·4 and s·b·a·4 bytes) are left out here."""
+    """Bytes one transformers LlamaDecoderLayer keeps for backward with flash attention, per micro-batch,
+    counted here in bytes per element of [b, s, h] in 16-bit: each norm keeps its input — HF's RMSNorm an fp32
+    copy (4) and the bf16 normalised x (2), a fused DyT the bf16 input (2) — and the q/k/v or gate/up
+    projections keep the norm's output (2); flash attention keeps q after RoPE (2), k and v (2 · kv_heads/heads
+    each) and its output (2); o_proj keeps the output transposed back to [b, s, h] (2); SwiGLU keeps SiLU's
+    input, its output, up's output and their product, each [b, s, f] (4 · 2 · f/h). In all
+    s·b·h·(2·(norm + 2) + 6 + 4·kv/a + 8·f/h) bytes: with RMSNorm 26 + 8·f/h (LLaMA 7B, f/h = 2.6875: 47.5),
+    with DyT 18 + 8·f/h (39.5). Korthikanti et al. count 34 + 5·a·s/h for GPT (GELU MLP of 4h, dropout masks,
+    no flash); the small terms (RMSNorm's fp32 rstd, flash's fp32 log-sum-exp, s·b·4 and s·b·a·4 bytes) are
+    left out here."""
     h, f = config.hidden_size, config.intermediate_size
     a, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     half = dtype_bytes / 2
@@ -572,6 +565,7 @@ class Plan:
     task: str
     size: str | None
     norm: str
+    norms_replaced: int
     parameters: int
     units: str
     unit_count: int
@@ -630,21 +624,62 @@ def configuration(components: dict[str, float], *, overhead_gib: float, fragment
     return {"components_gib": rows, "total_gib": total / GIB, "fits": total / GIB <= gpu_mem}
 
 
+def _llama_closed_form(cfg, task, model, micro: int, half: bool, trace: ActivationTrace, units: int):
+    """LLaMA's per-layer closed form beside the trace, for the norms it is derived for (None otherwise)."""
+    norm = cfg.norm
+    if norm.type == "dyt" and norm.get("kernel") in (None, "auto", "triton") and norm.get("fn") in (None, "tanh"):
+        fused = True
+    elif cfg.norm.type == "native":  # transformers' LlamaRMSNorm
+        fused = False
+    else:
+        return None, None
+    layer = llama_layer_activation_bytes(model.config, micro, task.seq_len, fused_norm=fused,
+                                         dtype_bytes=2 if half else 4)
+    logits = micro * task.seq_len * model.config.vocab_size * 4
+    info = {"per_layer": layer / GIB, "layers": layer * units / GIB, "fp32_logits": logits / GIB}
+    note = (f"closed form (llama_layer_activation_bytes, flash attention): {layer / GIB:.3f} GiB per layer (trace "
+            f"{trace.largest_unit / GIB:.3f}); fp32 log-probabilities b·s·vocab·4 = {logits / GIB:.2f} GiB")
+    return info, note
+
+
+def _assumptions(options, units, unit_path, largest, root, half, precision) -> list[str]:
+    found = (f"{len(units)} sharding / checkpointing unit(s): {unit_path} ({type(units[0]).__name__}, largest "
+             f"{largest / 1e6:.1f} M parameters); root {root / 1e6:.1f} M" if units else
+             "no repeated blocks found: the whole model is one unit (the root)")
+    gathered = ("all-gathered bf16/fp16 weights and their unsharded gradients (+ the fp32 reduce-scatter copy)" if half
+                else "all-gathered fp32 weights and their unsharded gradients")
+    return [
+        found,
+        "weights, gradients, AdamW's two moments in fp32; DDP replicates them and adds fp32 gradient buckets"
+        + (" and autocast's half-precision weight copies" if half else ""),
+        f"FSDP2 shards them over the GPUs; {gathered} for the root and 2 units at a time (reshard_after_forward)",
+        f"activations: what autograd saves in one {precision if half else 'fp32'} forward + loss, traced on meta "
+        f"tensors, {'flash' if options.attention == 'flash' else 'math (s×s)'} attention, fused DyT; full "
+        "checkpointing keeps the units' inputs and recomputes one unit; + one unit's activations as the backward "
+        "working set",
+        f"fixed {options.overhead_gib:g} GiB per GPU (CUDA context, cuBLAS, NCCL) and a {options.fragmentation:.0%} "
+        "allocator-fragmentation margin; GiB = 2^30 bytes",
+    ]
+
+
 def make_plan(argv: list[str]) -> Plan:
-    import torch
+    from dyt.train.run import native_norm, norm_label
 
     options, overrides = parse_args(argv)
     cfg = compose_config(overrides)
     notes: list[str] = []
-    strategy = options.strategy or cfg.trainer.get("strategy")
-    checkpointing = options.activation_checkpointing or cfg.trainer.get("activation_checkpointing")
+    strategy = options.strategy or cfg.trainer.get("strategy")  # the command line, else the config once it has the key
+    checkpointing = options.activation_checkpointing or cfg.trainer.get("activation_checkpointing") or "none"
+    if strategy not in (None, *STRATEGIES) or checkpointing not in CHECKPOINTING:
+        raise PlanError(f"trainer.strategy={strategy}, trainer.activation_checkpointing={checkpointing}: use ddp or "
+                        "fsdp, and none or full")
+
     task = planning_task(cfg, notes)
     model, swaps = build_on_meta(cfg, task)
     params = sum(p.numel() for p in model.parameters())
     unit_path, units = find_units(model)
     unit_params = [sum(p.numel() for p in u.parameters()) for u in units]
-    root = params - sum(unit_params)
-    largest = max(unit_params, default=0)
+    root, largest = params - sum(unit_params), max(unit_params, default=0)
 
     precision = cfg.trainer.mixed_precision
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -668,61 +703,39 @@ def make_plan(argv: list[str]) -> Plan:
         "backward_working_set_gib": trace.largest_unit / GIB,
     }
     if type(task).__name__ == "Llama":
-        fused = cfg.norm.type == "dyt" and cfg.norm.get("kernel") in (None, "auto", "triton") and cfg.norm.get("fn") in (None, "tanh")
-        layer = llama_layer_activation_bytes(model.config, micro, task.seq_len, fused_norm=fused, dtype_bytes=2 if half else 4)
-        logits = micro * task.seq_len * model.config.vocab_size * 4
-        activation_info["closed_form_gib"] = {"per_layer": layer / GIB, "layers": layer * len(units) / GIB,
-                                              "fp32_logits": logits / GIB}
-        notes.append(f"closed form (llama_layer_activation_bytes, flash attention): {layer / GIB:.3f} GiB per layer "
-                     f"(trace {trace.largest_unit / GIB:.3f}), fp32 log-probabilities b·s·vocab·4 = {logits / GIB:.2f} GiB")
-    if options.attention == "math" and type(task).__name__ in ("Llama", "Wav2Vec2Pretraining", "DiTTask") or (
-            options.attention == "math" and getattr(task.cfg, "family", None) == "vit"):
-        notes.append("attention: the math path keeps the s×s probabilities (as the meta device's SDPA fallback "
-                     "computes them, in fp32 on CPU-like kernels)")
+        closed_form, note = _llama_closed_form(cfg, task, model, micro, half, trace, len(units))
+        if closed_form:
+            activation_info["closed_form_gib"] = closed_form
+            notes.append(note)
+    if options.attention == "math":
+        notes.append("attention: the math path's s×s probabilities are kept, as the meta device's SDPA fallback "
+                     "keeps them (in fp32)")
 
-    gpus = options.gpus
     grad_accum = None
     if cfg.trainer.get("global_batch_size"):
-        per_step = micro * gpus
+        per_step = micro * options.gpus
         grad_accum = cfg.trainer.global_batch_size // per_step
         if cfg.trainer.global_batch_size % per_step:
             notes.append(f"trainer.global_batch_size={cfg.trainer.global_batch_size} is not a multiple of "
-                         f"micro-batch {micro} × {gpus} GPUs: the trainer would refuse it")
+                         f"micro-batch {micro} × {options.gpus} GPUs: the trainer would refuse it")
     configurations = {}
     for strat in STRATEGIES:
         for ac in CHECKPOINTING:
-            components = plan_components(params=params, root=root, unit=largest, units=len(units), strategy=strat, gpus=gpus,
-                                         half_precision=half, activations=activations[ac],
+            components = plan_components(params=params, root=root, unit=largest, units=len(units), strategy=strat,
+                                         gpus=options.gpus, half_precision=half, activations=activations[ac],
                                          working_set=trace.largest_unit)
             configurations[f"{strat}/{ac}"] = configuration(components, overhead_gib=options.overhead_gib,
-                                                            fragmentation=options.fragmentation, gpu_mem=options.gpu_mem)
-    selected = f"{strategy}/{checkpointing or 'none'}" if strategy else None
-    if selected and selected not in configurations:
-        raise PlanError(f"trainer.strategy={strategy} is unknown; use ddp or fsdp")
+                                                            fragmentation=options.fragmentation,
+                                                            gpu_mem=options.gpu_mem)
     size = cfg.task.get("size")
-    from dyt.train.run import norm_label, native_norm
-
-    assumptions = [
-        f"{len(units)} sharding / checkpointing unit(s): {unit_path or '(none found: the whole model is the root)'}"
-        + (f" ({type(units[0]).__name__}, largest {largest / 1e6:.1f} M parameters); root {root / 1e6:.1f} M" if units else ""),
-        "weights, gradients, AdamW's two moments in fp32; DDP replicates them and adds fp32 gradient buckets"
-        + (" and autocast's bf16 weight copies" if half else ""),
-        "FSDP2 shards them over the GPUs; all-gathered compute-dtype weights and their unsharded gradients "
-        f"(+ an fp32 reduce-scatter copy) for the root and 2 units at a time (reshard_after_forward)" if half else
-        "FSDP2 shards them over the GPUs; all-gathered fp32 weights and unsharded gradients for the root and 2 units",
-        f"activations: what autograd saves in one {precision if half else 'fp32'} forward + loss on meta tensors, "
-        f"{'flash' if options.attention == 'flash' else 'math (s×s)'} attention, fused DyT; full checkpointing keeps "
-        "the units' inputs and recomputes one unit; + one unit's activations as the backward working set",
-        f"fixed {options.overhead_gib:g} GiB per GPU (CUDA context, cuBLAS, NCCL) and a {options.fragmentation:.0%} "
-        "allocator-fragmentation margin; GiB = 2^30 bytes",
-    ]
     return Plan(task=task.name, size=str(size) if size is not None else None,
-                norm=norm_label(cfg.norm, native=native_norm(model)), parameters=params,
-                units=unit_path, unit_count=len(units), largest_unit_parameters=largest, root_parameters=root,
-                micro_batch=micro, batch=batch, compute_dtype=str(dtype).removeprefix("torch."),
-                attention=options.attention, gpus=gpus, gpu_mem_gib=options.gpu_mem, grad_accum=grad_accum,
-                activations=activation_info, configurations=configurations, selected=selected, notes=notes,
-                assumptions=assumptions)
+                norm=norm_label(cfg.norm, native=native_norm(model)), norms_replaced=len(swaps.replaced),
+                parameters=params, units=unit_path, unit_count=len(units), largest_unit_parameters=largest,
+                root_parameters=root, micro_batch=micro, batch=batch, compute_dtype=str(dtype).removeprefix("torch."),
+                attention=options.attention, gpus=options.gpus, gpu_mem_gib=options.gpu_mem, grad_accum=grad_accum,
+                activations=activation_info, configurations=configurations,
+                selected=f"{strategy}/{checkpointing}" if strategy else None, notes=notes,
+                assumptions=_assumptions(options, units, unit_path, largest, root, half, precision))
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -743,7 +756,7 @@ def verdict(plan: Plan, key: str, width: int = 0) -> str:
 def render(plan: Plan) -> str:
     title = f"{plan.task}" + (f" {plan.size}" if plan.size else "")
     lines = [
-        f"{title}, norm {plan.norm}: {plan.parameters / 1e9:.3f} B parameters "
+        f"{title}, norm {plan.norm} ({plan.norms_replaced} replaced): {plan.parameters / 1e9:.3f} B parameters "
         f"({plan.parameters * MASTER_BYTES / GIB:.1f} GiB in fp32)",
         f"micro-batch per GPU: {plan.batch}; compute {plan.compute_dtype}, {plan.attention} attention; "
         f"{plan.gpus} GPUs × {plan.gpu_mem_gib:g} GiB"
@@ -756,7 +769,8 @@ def render(plan: Plan) -> str:
         lines.append(f"{name:<{width}}" + "".join(
             f"{plan.configurations[key]['components_gib'][name]:>12.2f}" for key, _ in COLUMNS))
     lines.append("-" * (width + 12 * len(COLUMNS)))
-    lines.append(f"{'total':<{width}}" + "".join(f"{plan.configurations[key]['total_gib']:>12.1f}" for key, _ in COLUMNS))
+    totals = (plan.configurations[key]["total_gib"] for key, _ in COLUMNS)
+    lines.append(f"{'total':<{width}}" + "".join(f"{total:>12.1f}" for total in totals))
     lines.append("")
     lines += [verdict(plan, key, width=39) for key, _ in COLUMNS]
     if plan.selected:
