@@ -1,18 +1,21 @@
 """wav2vec 2.0 self-supervised pretraining (the paper's Table 5): transformers' Wav2Vec2ForPreTraining built from
 a config, trained as fairseq's recipe does.
 
-Spans of the latent frames are masked (`_compute_mask_indices`: p = 0.65, length 10, at least 2 spans), 100
-negatives are drawn from the masked frames of the same utterance (`_sample_negative_indices`), and the loss
-is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss (the CPU default: 0) + 10 ×
-the L2 penalty on the conv features (Base), with the Gumbel temperature annealed per update (`set_step`). Losses are reported as
-fairseq logs them and the paper quotes them: summed over the masked frames, divided by their number, in
-bits (log base 2); with them fairseq's contrastive accuracy, which tells learning from chance (≈ 1/(number
-of distinct candidates)) where the loss barely moves, and the codebook perplexities, which tell a collapse.
+Spans of the latent frames are masked (`_compute_mask_indices`: p = 0.65, length 10, at least 2 spans; with
+`task.require_same_masks`, as fairseq, every utterance of a batch then keeps the same number of masked
+frames), 100 negatives are drawn from the masked frames of the same utterance (`_sample_negative_indices`),
+and the loss is fairseq's: InfoNCE over the masked frames + 0.1 × the codebook diversity loss (the CPU
+default: 0) + 10 × the L2 penalty on the conv features, with the Gumbel temperature annealed per update
+(`set_step`). Losses are reported as fairseq logs them and the paper quotes them: summed over the masked
+frames, divided by their number, in bits (log base 2); with them fairseq's contrastive accuracy, which
+tells learning from chance (≈ 1/(number of distinct candidates)) where the loss barely moves, and the
+codebook perplexities, which tell a collapse.
 
-Norms: the first norm of the conv feature extractor (Base's GroupNorm, Large's first conv LayerNorm) is
-kept, as in the paper; every other LayerNorm (Transformer blocks, the encoder's LayerNorm, the feature
-projection's, Large's other conv LayerNorms) becomes the chosen norm. The CPU size reads log-mel frames
-instead of the conv stack (`task.front_end`); their per-bin GroupNorm is kept in the same way.
+Norms: the norms of the conv feature extractor are kept, as the official DyT patch keeps them (it swaps
+only the features' LayerNorm and the Transformer's); in fairseq's default extractor, which Base and Large
+on LibriSpeech use, that is the GroupNorm of the first conv layer. Every other LayerNorm (Transformer
+blocks, the encoder's LayerNorm, the feature projection's) becomes the chosen norm. The CPU size reads
+log-mel frames instead of the conv stack (`task.front_end`); their per-bin GroupNorm is kept in the same way.
 """
 from __future__ import annotations
 
@@ -33,8 +36,12 @@ from dyt.train.task import Headline, Task
 
 from .data import speech
 
-# Architectures. Base is fairseq's (post-LN, GroupNorm in the first conv layer, no conv bias): transformers'
-# Wav2Vec2Config defaults. Large is pre-LN (`do_stable_layer_norm`) with a LayerNorm in every conv layer.
+# Architectures. Base is fairseq's wav2vec2_base_librispeech.yaml (post-LN, fairseq's default extractor mode:
+# GroupNorm in the first conv layer, no conv bias; final_dim 256): transformers' Wav2Vec2Config defaults.
+# Large is the DyT repo's wav2vec2_large_librispeech.yaml (other_tasks/wav2vec2/): 24 × 1024, pre-LN
+# (`do_stable_layer_norm`, fairseq's layer_norm_first), final_dim 768, and fairseq's default extractor as
+# Base's. (fairseq's LibriVox Large, wav2vec2_large_librivox.yaml, has a LayerNorm and a bias in every conv
+# layer: `++task.model.feat_extract_norm=layer ++task.model.conv_bias=true`.)
 SIZES = {
     "debug": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
@@ -44,8 +51,7 @@ SIZES = {
                 num_codevectors_per_group=64, codevector_dim=64, proj_codevector_dim=64),
     "base": dict(),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, codevector_dim=768,
-                  proj_codevector_dim=768),
+                  do_stable_layer_norm=True, codevector_dim=768, proj_codevector_dim=768),
 }
 
 # What reads the waveform: fairseq's conv stack, or log-mel frames. The CPU size reads log-mel: at its scale a
@@ -78,6 +84,21 @@ class LogMelFrames(nn.Module):
         return self.norm((self.filters @ spectrum).clamp_min(1e-10).log())
 
 
+# task.data.val: hold out part of the training files (fairseq's wav2vec_manifest.py --valid-percent)
+HELD_OUT = "held_out"
+
+
+def same_mask_counts(mask: np.ndarray) -> np.ndarray:
+    """fairseq's `require_same_masks` (fairseq/data/data_utils.py `compute_mask_indices`): every utterance
+    of the batch keeps as many masked frames as the one with the fewest has, drawn at random among its own
+    (overlapping spans mask different numbers of frames)."""
+    fewest = int(mask.sum(1).min())
+    same = np.zeros_like(mask)
+    for row, masked in enumerate(mask):
+        same[row, np.random.choice(np.flatnonzero(masked), fewest, replace=False)] = True
+    return same
+
+
 @contextmanager
 def numpy_seed(seed: int):
     """transformers' mask and negative samplers draw from numpy's global RNG: fix it for a block."""
@@ -99,6 +120,22 @@ class Wav2Vec2Pretraining(Task):
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
         if cfg.front_end not in (None, "conv", "log_mel"):
             raise ConfigError(f"task.front_end={cfg.front_end} is unknown; use conv or log_mel (null: the size's)")
+        if cfg.model.get("feat_extract_norm", "group") not in ("group", "layer"):
+            raise ConfigError(f"task.model.feat_extract_norm={cfg.model.feat_extract_norm} is unknown; use group "
+                              f"(fairseq's default extractor) or layer (its layer_norm extractor)")
+        d = cfg.data
+        # never a 400k-step Base or Large run on the synthesised speech by mistake; the debug and cpu sizes
+        # (smoke runs, tests) may still use it
+        if d.require_root and not d.root and cfg.size in ("base", "large"):
+            raise ConfigError(f"task.size={cfg.size} trains on LibriSpeech here (task.data.require_root): give "
+                              f"task.data.root=/path/to/LibriSpeech")
+        if d.batching not in speech.BATCHINGS:
+            raise ConfigError(f"task.data.batching={d.batching} is unknown; use {' or '.join(speech.BATCHINGS)}")
+        if d.val != HELD_OUT and not OmegaConf.is_list(d.val):
+            raise ConfigError(f"task.data.val={d.val} is neither {HELD_OUT} nor a list of folders under "
+                              f"task.data.root (e.g. task.data.val=[dev-clean,dev-other])")
+        if d.val == HELD_OUT and not 0 < d.held_out_fraction < 1:
+            raise ConfigError(f"task.data.held_out_fraction={d.held_out_fraction} must be in (0, 1); fairseq: 0.01")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -132,8 +169,8 @@ class Wav2Vec2Pretraining(Task):
         return model
 
     def _conv_features(self, _module, _inputs, features):
-        """fairseq's feature_grad_mult (the conv encoder's gradient scaled, 0.1 for Base) and its L2
-        penalty on the conv features."""
+        """fairseq's feature_grad_mult (the conv encoder's gradient scaled: 0.1 in both LibriSpeech recipes)
+        and its L2 penalty on the conv features, taken after the scaling as fairseq takes it."""
         mult = self.cfg.feature_grad_mult
         if mult != 1:
             features = features.detach() + mult * (features - features.detach())
@@ -154,13 +191,15 @@ class Wav2Vec2Pretraining(Task):
 
     def build_data(self):
         d = self.cfg.data
-        if d.root:
+        if d.root and d.val == HELD_OUT:
+            train, val = speech.held_out_audio(d.root, d.train, d.cache_dir, d.held_out_fraction, d.held_out_seed)
+        elif d.root:
             train = speech.audio_folders(d.root, d.train, d.cache_dir)
             val = speech.audio_folders(d.root, d.val, d.cache_dir)
         else:
             train, val = speech.synthetic_speech(d.cache_dir, d.train_sentences, d.val_sentences, d.seed)
         batches = dict(max_tokens=d.max_tokens, max_sample_size=d.max_sample_size,
-                       min_sample_size=d.min_sample_size, normalize=d.normalize)
+                       min_sample_size=d.min_sample_size, normalize=d.normalize, batching=d.batching)
         return (speech.LengthBatches(train, train.lengths, fixed_crops=False, **batches),
                 speech.LengthBatches(val, val.lengths, fixed_crops=True, **batches))
 
@@ -177,6 +216,8 @@ class Wav2Vec2Pretraining(Task):
         n, frames = waves.shape[0], int(self.model._get_feat_extract_output_lengths(waves.shape[1]))
         c = self.config
         mask = _compute_mask_indices((n, frames), c.mask_time_prob, c.mask_time_length, min_masks=c.mask_time_min_masks)
+        if self.cfg.require_same_masks:
+            mask = same_mask_counts(mask)
         negatives = _sample_negative_indices((n, frames), c.num_negatives, mask)
         mask = torch.from_numpy(mask).to(waves.device)
         out = model(waves, mask_time_indices=mask)

@@ -56,11 +56,28 @@ def test_synthesised_speech_is_16khz_speech_that_grows_with_the_words_and_is_cac
 
 def test_length_batches_as_fairseq_forms_them():
     lengths = [5_000, 40_000, 12_000, 41_000, 100_000, 11_000, 39_000]
-    batches = speech.length_batches(lengths, max_tokens=90_000, max_sample_size=60_000, min_sample_size=10_000)
-    assert sorted(i for b in batches for i in b) == [1, 2, 3, 4, 5, 6]  # the 5,000-sample one is skipped
-    for batch in batches:
-        assert len(batch) * min(max(lengths[i] for i in batch), 60_000) <= 90_000
-    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # by length
+    for batching in speech.BATCHINGS:
+        batches = speech.length_batches(lengths, max_tokens=90_000, max_sample_size=60_000, min_sample_size=10_000,
+                                        batching=batching)
+        assert sorted(i for b in batches for i in b) == [1, 2, 3, 4, 5, 6]  # the 5,000-sample one is skipped
+        for batch in batches:
+            assert len(batch) * min(max(lengths[i] for i in batch), 60_000) <= 90_000
+    firsts = [lengths[b[0]] for b in speech.length_batches(lengths, 90_000, 60_000, 10_000, "shortest_first")]
+    assert firsts == sorted(firsts)
+    # fairseq (data_utils_fast.pyx batch_by_size_vec over raw_audio_dataset.py's order): longest first,
+    # capped at the crop, ties in order; a batch of 8 or more closes at its last multiple of 8
+    assert speech.length_batches(lengths, 90_000, 60_000, 10_000) == [[4], [3, 1], [6, 2], [5]]
+    assert speech.length_batches([10] * 12, 100, 1_000, 0) == [list(range(8)), list(range(8, 12))]
+    assert speech.length_batches([10] * 12, 100, 1_000, 0, "shortest_first") == [list(range(10)), [10, 11]]
+    mixed = [70, 50, 30, 12, 12, 12] + [10] * 12 + [5]
+    assert speech.length_batches(mixed, 100, 50, 8) == [[0, 1], [2, 3, 4], list(range(5, 13)), list(range(13, 18))]
+    rng = np.random.default_rng(0)
+    many = rng.integers(32_000, 560_000, 2_000)
+    batches = speech.length_batches(many, 1_400_000, 250_000, 32_000)
+    assert sorted(i for b in batches for i in b) == list(range(2_000))
+    assert all(len(b) < 8 or len(b) % 8 == 0 for b in batches[:-1])  # the last may be a leftover tail
+    assert max(len(b) for b in batches) >= 16  # short utterances do make batches of 8 and more
+    assert all(len(b) * min(max(many[i] for i in b), 250_000) <= 1_400_000 for b in batches)
 
     utterances = [np.full(n, 1000, np.int16) + np.arange(n, dtype=np.int16) % 7 for n in lengths]
     make = dict(max_tokens=90_000, max_sample_size=60_000, min_sample_size=10_000, normalize=False)
@@ -76,22 +93,26 @@ def test_length_batches_as_fairseq_forms_them():
     assert batch["input_values"].shape[0] == len(val.batches[0]) + len(val.batches[1])
 
 
-@pytest.mark.parametrize("size, published, stable, kept, replaced", [
-    ("base", 95e6, False, "GroupNorm", 2 + 2 * 12),
-    ("large", 317e6, True, "LayerNorm", 6 + 2 + 2 * 24),
+@pytest.mark.parametrize("overrides, published, stable, kept, replaced", [
+    (["task.size=base"], 95e6, False, ["GroupNorm"], 2 + 2 * 12),
+    (["task.size=large"], 317e6, True, ["GroupNorm"], 2 + 2 * 24),
+    # fairseq's LibriVox Large extractor: a LayerNorm in every conv layer, all kept as the DyT patch keeps them
+    (["task.size=large", "+task.model.feat_extract_norm=layer", "+task.model.conv_bias=true"], 317e6, True,
+     ["LayerNorm"] * 7, 2 + 2 * 24),
 ])
-def test_base_and_large_have_the_published_sizes_and_keep_the_first_conv_norm(size, published, stable, kept, replaced):
-    task = Wav2Vec2Pretraining(task_config(f"task.size={size}").task)
+def test_base_and_large_have_the_published_sizes_and_keep_the_conv_norms(overrides, published, stable, kept, replaced):
+    task = Wav2Vec2Pretraining(task_config(*overrides).task)
     with torch.device("meta"):
         model = task.build_model()
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(published, rel=0.02)
     assert model.config.do_stable_layer_norm is stable  # Base post-LN, Large pre-LN
     swaps = convert(model, "dyt", roles=task.norm_roles, exclude=task.norm_exclude)
-    assert [(s.path, s.old) for s in swaps.skipped] == [("wav2vec2.feature_extractor.conv_layers.0.layer_norm", kept)]
+    conv = [f"wav2vec2.feature_extractor.conv_layers.{i}.layer_norm" for i in range(len(kept))]
+    assert [(s.path, s.old) for s in swaps.skipped] == list(zip(conv, kept))
     assert len(swaps.replaced) == replaced
-    first = model.wav2vec2.feature_extractor.conv_layers[0].layer_norm
     assert sum(isinstance(m, DynamicTanh) for m in model.modules()) == replaced
-    assert not any(type(m) is nn.LayerNorm for m in model.modules() if m is not first)
+    conv_norms = set(model.wav2vec2.feature_extractor.modules())
+    assert not any(type(m) is nn.LayerNorm for m in model.modules() if m not in conv_norms)
     final = {s.path: s.role for s in swaps}["wav2vec2.encoder.layer_norm"]
     assert final == ("final" if stable else "ffn")  # pre-LN: the encoder's LayerNorm closes the stack
 
@@ -122,6 +143,29 @@ def test_cpu_size_hears_log_mel_frames_counted_as_the_model_counts_them():
     conv = Wav2Vec2Pretraining(task_config("task.front_end=conv").task)
     assert (conv.feature_penalty, len(conv.config.conv_dim)) == (10.0, 7)
     assert Wav2Vec2Pretraining(task_config("task.size=base").task).front_end == "conv"
+
+
+def test_same_mask_counts_keeps_the_fewest_masked_frames_in_every_utterance():
+    """fairseq's require_same_masks: overlapping spans mask different numbers of frames; each utterance keeps
+    as many as the one with the fewest, drawn among its own masked frames."""
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+    from tasks.wav2vec2 import same_mask_counts
+
+    np.random.seed(0)
+    mask = _compute_mask_indices((6, 200), 0.65, 10, min_masks=2)
+    counts = mask.sum(1)
+    assert counts.min() < counts.max()  # overlaps differ from one utterance to the next
+    same = same_mask_counts(mask)
+    assert (same.sum(1) == counts.min()).all()
+    assert not (same & ~mask).any()  # only frames masked before stay masked
+    task = Wav2Vec2Pretraining(task_config("task.size=debug", "task.require_same_masks=true").task)
+    model = task.build_model()
+    captured = {}
+    model.register_forward_hook(lambda _m, args, kwargs, _out: captured.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        task._losses(model, {"input_values": torch.randn(5, 32_000)})
+    assert len(set(captured["mask_time_indices"].sum(1).tolist())) == 1
 
 
 def test_gumbel_temperature_follows_fairseq_schedule():

@@ -6,7 +6,8 @@ Embedded default: sentences of the English Wikipedia extract shipped in gensim's
 eSpeak NG (GPL-3.0, from the espeakng-loader wheel) with several voices, rates and pitches, resampled from
 22.05 to 16 kHz and cached as one .npz, so only the first run synthesises.
 Real data: LibriSpeech in its standard layout (<root>/<subset>/<speaker>/<chapter>/*.flac), or any folder
-of audio files per split (a `datasets` AudioFolder tree: <root>/train/…, <root>/validation/…).
+of audio files per split (a `datasets` AudioFolder tree: <root>/train/…, <root>/validation/…); validation on
+folders of their own, or on ~1% of the training utterances held out as fairseq's wav2vec_manifest.py does.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import bz2
 import hashlib
 import json
 import os
+import random
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -152,15 +154,21 @@ def synthetic_speech(cache_dir: str | Path, train_sentences: int, val_sentences:
 
 
 class AudioFiles:
-    """The audio files under some folders, read on demand as float32 mono at 16 kHz (int16 range). Their
-    lengths come from a manifest cached under `cache_dir`, as fairseq's wav2vec manifests hold them."""
+    """Audio files read on demand as float32 mono at 16 kHz (int16 range), with their lengths in samples at
+    16 kHz. `from_folders` lists folders through manifests cached under `cache_dir`, as fairseq's wav2vec
+    manifests hold the lengths."""
 
-    def __init__(self, folders: list[Path], cache_dir: str | Path):
-        self.paths, self.lengths = [], []
+    def __init__(self, paths: list[str], lengths: list[int]):
+        self.paths, self.lengths = list(paths), list(lengths)
+
+    @classmethod
+    def from_folders(cls, folders: list[Path], cache_dir: str | Path) -> "AudioFiles":
+        paths, lengths = [], []
         for folder in folders:
-            paths, lengths = self._manifest(Path(folder), Path(cache_dir).expanduser() / "manifests")
-            self.paths += paths
-            self.lengths += lengths
+            more_paths, more_lengths = cls._manifest(Path(folder), Path(cache_dir).expanduser() / "manifests")
+            paths += more_paths
+            lengths += more_lengths
+        return cls(paths, lengths)
 
     @staticmethod
     def _manifest(folder: Path, cache: Path) -> tuple[list[str], list[int]]:
@@ -180,6 +188,9 @@ class AudioFiles:
         tmp.replace(path)
         return [str(p) for p in files], lengths
 
+    def select(self, indices) -> "AudioFiles":
+        return AudioFiles([self.paths[i] for i in indices], [self.lengths[i] for i in indices])
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -197,29 +208,78 @@ def audio_folders(root: str | Path, subsets, cache_dir) -> AudioFiles:
     if missing:
         raise FileNotFoundError(f"no folder {', '.join(missing)}: task.data.root must hold the subsets named in "
                                 f"task.data.train and task.data.val (LibriSpeech: train-clean-100 …, dev-clean …)")
-    files = AudioFiles(folders, cache_dir)
+    files = AudioFiles.from_folders(folders, cache_dir)
     if not len(files):
         raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, folders))}")
     return files
 
 
+def held_out_split(names: list[str], fraction: float, seed: int = 42) -> tuple[list[int], list[int]]:
+    """(kept, held out) positions of `names`, split as fairseq's examples/wav2vec/wav2vec_manifest.py
+    splits a pretraining corpus (`--valid-percent 0.01 --seed 42`): one draw of `random.Random(seed)` per file,
+    held out when it is ≤ `fraction`. fairseq draws in glob's order, the file system's directory order; here
+    the names are sorted first, so the same files are held out on every machine."""
+    rand = random.Random(seed)
+    held_out = {i for i in sorted(range(len(names)), key=names.__getitem__) if rand.random() <= fraction}
+    return [i for i in range(len(names)) if i not in held_out], sorted(held_out)
+
+
+def held_out_audio(root: str | Path, subsets, cache_dir, fraction: float, seed: int = 42
+                   ) -> tuple[AudioFiles, AudioFiles]:
+    """(train, validation) from the audio under `root`/`subsets`: `held_out_split` over the files' paths
+    relative to `root` (`train-clean-100/19/198/19-198-0001.flac`), so the subsets' order does not matter."""
+    files = audio_folders(root, subsets, cache_dir)
+    root = Path(root).expanduser().resolve()
+    kept, held_out = held_out_split([os.path.relpath(p, root) for p in files.paths], fraction, seed)
+    if not held_out:
+        raise ValueError(f"task.data.held_out_fraction={fraction} holds out none of the {len(files)} training files; "
+                         f"raise it or name validation folders in task.data.val")
+    return files.select(kept), files.select(held_out)
+
+
 # ---------------------------------------------------------------- wav2vec 2.0's batches
 
 
-def length_batches(lengths, max_tokens: int, max_sample_size: int, min_sample_size: int) -> list[list[int]]:
-    """fairseq's batching for wav2vec 2.0: utterances shorter than `min_sample_size` dropped, the rest
-    sorted by length and grouped so that (batch size × longest, capped at `max_sample_size`) ≤ `max_tokens`."""
-    batches, batch, longest = [], [], 0
-    for i in np.argsort(lengths, kind="stable"):
-        if lengths[i] < min_sample_size:
-            continue
-        size = min(lengths[i], max_sample_size)
-        if batch and max(longest, size) * (len(batch) + 1) > max_tokens:
+# fairseq's dataset.required_batch_size_multiple (fairseq/dataclass/configs.py, DatasetConfig): a batch of 8
+# or more utterances is cut back to a multiple of 8
+FAIRSEQ_BATCH_MULTIPLE = 8
+BATCHINGS = ("fairseq", "shortest_first")
+
+
+def length_batches(lengths, max_tokens: int, max_sample_size: int, min_sample_size: int,
+                   batching: str = "fairseq") -> list[list[int]]:
+    """Utterances grouped by length so that (batch size × longest, capped at `max_sample_size`) ≤ `max_tokens`,
+    those shorter than `min_sample_size` dropped.
+
+    "fairseq": fairseq's wav2vec 2.0 batches (fairseq/data/audio/raw_audio_dataset.py `ordered_indices`,
+    fairseq/data/data_utils_fast.pyx `batch_by_size_vec`): longest first (capped at `max_sample_size`; fairseq
+    breaks ties at random, here by position), a batch of 8 or more closed at its last multiple of 8, the
+    utterances after it opening the next. "shortest_first": shortest first, filled until the next one
+    does not fit (the CPU default's measured runs)."""
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching={batching!r} is unknown; use {' or '.join(BATCHINGS)}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    capped = np.minimum(lengths, max_sample_size)
+    kept = np.flatnonzero(lengths >= min_sample_size)
+    if batching == "fairseq":
+        order, multiple = kept[np.argsort(-capped[kept], kind="stable")], FAIRSEQ_BATCH_MULTIPLE
+    else:
+        order, multiple = kept[np.argsort(lengths[kept], kind="stable")], 1
+    # `batch` always has a size fairseq accepts (under the multiple, or a multiple of it); `tail` waits to
+    # join it. Longest first, the tail alone never overflows (it is no longer than the batch with it).
+    batches, batch, tail, longest = [], [], [], 0
+    for i in order:
+        tail.append(int(i))
+        count, size = len(batch) + len(tail), max(longest, int(capped[i]))
+        if count * size > max_tokens:  # the newest does not fit: the batch closes, its tail opens the next
             batches.append(batch)
-            batch, longest = [], 0
-        batch.append(int(i))
-        longest = max(longest, size)
-    return batches + ([batch] if batch else [])
+            batch, tail = tail, []
+            longest = max(int(capped[j]) for j in batch)
+        else:
+            longest = size
+            if count < multiple or count % multiple == 0:
+                batch, tail = batch + tail, []
+    return [b for b in (*batches, batch, tail) if b]
 
 
 class LengthBatches(Dataset):
@@ -228,10 +288,10 @@ class LengthBatches(Dataset):
     padding; `fixed_crops` makes the offsets a function of the batch (validation)."""
 
     def __init__(self, utterances, lengths, *, max_tokens: int, max_sample_size: int, min_sample_size: int,
-                 normalize: bool, fixed_crops: bool):
+                 normalize: bool, fixed_crops: bool, batching: str = "fairseq"):
         self.utterances, self.normalize, self.fixed_crops = utterances, normalize, fixed_crops
         self.max_sample_size = max_sample_size
-        self.batches = length_batches(lengths, max_tokens, max_sample_size, min_sample_size)
+        self.batches = length_batches(lengths, max_tokens, max_sample_size, min_sample_size, batching)
         if not self.batches:
             raise ValueError(f"no utterance is at least task.data.min_sample_size={min_sample_size} samples long")
 
