@@ -8,11 +8,15 @@ from .dna.task import GenomeTask
 
 # d_model (one strand), n_layer; d_state 16, expand 2. 1k and 131k are the published Caduceus checkpoints'
 # shapes (kuleshov-group/caduceus-{ps,ph}_seqlen-{1k,131k}_d_model-{118,256}_n_layer-{4,16}).
+# d256-l8-131k is the model of the DyT paper's Table 6 run, kuleshov-group/caduceus
+# slurm_scripts/run_pretrain_caduceus.sh (D_MODEL=256, N_LAYER=8, SEQLEN=131072; d_state 16, d_conv 4,
+# expand 2 from configs/model/caduceus.yaml): half the published 131k checkpoint's depth.
 SIZES = {
     "debug": dict(d_model=16, n_layer=1, d_state=4),
     "cpu": dict(d_model=32, n_layer=2, d_state=8),
     "1k": dict(d_model=118, n_layer=4),
     "131k": dict(d_model=256, n_layer=16),
+    "d256-l8-131k": dict(d_model=256, n_layer=8, d_state=16, d_conv=4, expand=2),
 }
 
 

@@ -14,7 +14,10 @@ TINY = ["task.size=debug", "trainer.max_steps=1", "trainer.global_batch_size=nul
         "trainer.max_eval_batches=1", "logger=none"]
 # per task: switches that demand local files at start (DiT: ImageNet, Inception weights) off, sampling tiny
 TASK_TINY = {"dit": ["task.data.require_root=false", "task.eval.fid=false", "task.grid.classes=null",
-                     "task.grid.per_class=1", "task.sample.steps=2"]}
+                     "task.grid.per_class=1", "task.sample.steps=2"],
+             # the paper's windows (1,024 and 131,072 bp) at the debug model's 256-position context
+             "hyenadna": ["task.data.require_real_data=false", "task.data.seq_len=64"],
+             "caduceus": ["task.data.require_real_data=false", "task.data.seq_len=64"]}
 
 
 def _missing_keys(cfg) -> list[str]:

@@ -3,8 +3,10 @@ position, and the coding-vs-intergenic benchmark.
 
 Embedded genome: the complete chromosome of Corynebacterium diphtheriae NCTC11397 (RefSeq NZ_LN831026.1,
 assembly GCF_001457455.1, 2.46 Mbp) that ships as test data inside the pyrodigal wheel (GPL-3.0). Real data:
-any local FASTA through pyfaidx (`fasta_path`), and GenomicBenchmarks datasets from a local folder in their
-published layout (`root`/{train,test}/<class>/<id>.txt, one sequence per file).
+any local FASTA through pyfaidx (`fasta_path`), optionally read through the HyenaDNA / Caduceus interval file
+(`bed_path`, Basenji's sequences_human.bed: the official hg38 training, validation and test intervals), and
+GenomicBenchmarks datasets from a local folder in their published layout (`root`/{train,test}/<class>/<id>.txt,
+one sequence per file).
 
 Split by position: every contig is cut into blocks of `block` bp and every 1/val_fraction-th block is
 validation. A window never crosses a block edge, so no genome position is in both a training and a
@@ -175,6 +177,73 @@ class MaskedLM(Dataset):
         return {"tokens": inputs, "targets": targets}
 
 
+# ------------------------------------------------------------------ the official hg38 intervals
+
+# HyenaDNA and Caduceus read every BED interval as start … start + 2^20, whatever its end column says
+# (kuleshov-group/caduceus src/dataloaders/datasets/hg38_dataset.py, MAX_ALLOWED_LENGTH; the same in hyena-dna)
+BED_EXTENT = 2 ** 20
+BED_SPLITS = ("train", "valid", "test")
+
+
+def bed_intervals(path: str | Path) -> dict[str, list[Region]]:
+    """The intervals of a BED file with a split column (`chrom start end split`, tab-separated, as Basenji's
+    sequences_human.bed), by split, each extended to BED_EXTENT bp from its start."""
+    intervals: dict[str, list[Region]] = {split: [] for split in BED_SPLITS}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 4 or fields[3] not in intervals:
+            raise ValueError(f"{path}:{number}: expected `chrom<TAB>start<TAB>end<TAB>split` with split one of "
+                             f"{', '.join(BED_SPLITS)}; got {line[:80]!r}")
+        start = int(fields[1])
+        intervals[fields[3]].append((fields[0], start, start + BED_EXTENT))
+    return intervals
+
+
+class BedWindows(Dataset):
+    """The official hg38 windows (HG38Dataset, FastaInterval): each interval cut into BED_EXTENT / stride
+    consecutive windows; item i is window i % shifts of interval i // shifts, `length` bp long (a causal model
+    reads one more than the stride), moved back inside its contig where it would run past an end, reverse
+    complemented with probability `rc_prob` drawn from (seed, i). A validation set keeps only the first
+    `first_fraction` of these windows, or `limit` of them spread evenly (`validation_subset`)."""
+
+    def __init__(self, genome: Genome, intervals: list[Region], stride: int, length: int, *, seed: int = 0,
+                 rc_prob: float = 0.0, first_fraction: float | None = None, limit: int | None = None):
+        if BED_EXTENT % stride:
+            raise ValueError(f"the window stride {stride} must divide {BED_EXTENT} (2^20), as in the official loader")
+        missing = sorted({c for c, _, _ in intervals} - set(genome.contigs))
+        if missing:
+            raise KeyError(f"the BED file names contig {missing[0]!r}, which the FASTA does not have")
+        self.genome, self.intervals, self.stride, self.length = genome, intervals, stride, length
+        self.seed, self.rc_prob, self.shifts = seed, rc_prob, BED_EXTENT // stride
+        self.contig_length = genome.lengths
+        self.keep = validation_subset(len(intervals) * self.shifts, first_fraction, limit)
+
+    def __len__(self) -> int:
+        return len(self.intervals) * self.shifts if self.keep is None else len(self.keep)
+
+    def __getitem__(self, i: int) -> dict:
+        index = int(self.keep[i]) if self.keep is not None else i
+        contig, start, _ = self.intervals[index // self.shifts]
+        start += (index % self.shifts) * self.stride
+        start = max(0, min(start, self.contig_length[contig] - self.length))
+        tokens = torch.from_numpy(self.genome.fetch(contig, start, start + self.length).astype(np.int64))
+        if self.rc_prob and np.random.default_rng([self.seed, index]).random() < self.rc_prob:
+            tokens = reverse_complement(tokens)
+        return {"tokens": tokens}
+
+
+def validation_subset(size: int, first_fraction: float | None = None, limit: int | None = None) -> np.ndarray | None:
+    """Which of `size` validation windows to evaluate: the first `first_fraction` of them in order (Lightning's
+    `limit_val_batches`, as the official runs evaluate), else `limit` spread evenly, else all (None)."""
+    if first_fraction is not None:
+        return np.arange(math.ceil(first_fraction * size))
+    if limit is not None and size > limit:
+        return np.linspace(0, size - 1, limit).round().astype(int)
+    return None
+
+
 # ------------------------------------------------------------------ coding vs intergenic
 
 
@@ -271,10 +340,20 @@ def coding_vs_intergenic(length: int, block: int, val_fraction: float, *, train_
 # ------------------------------------------------------------------ GenomicBenchmarks
 
 
-def genomic_benchmark(root: str | Path, rc_prob: float = 0.5, max_len: int | None = None) -> tuple[Dataset, Dataset]:
+CROPS = ("center", "start")
+# the official protocol holds out this fraction of train/ as validation (caduceus src/dataloaders/genomics.py,
+# GenomicBenchmark.setup: random_split(..., lengths=[0.1, 0.9], generator=manual_seed(train_val_split_seed)))
+HOLD_OUT_FRACTION = 0.1
+
+
+def genomic_benchmark(root: str | Path, rc_prob: float = 0.5, max_len: int | None = None,
+                      crop: str = "center") -> tuple[Dataset, Dataset]:
     """A GenomicBenchmarks dataset folder (e.g. ~/.genomic_benchmarks/human_nontata_promoters) with
     train/<class>/*.txt and test/<class>/*.txt; classes are numbered in sorted order; sequences longer
-    than `max_len` are cropped at the centre."""
+    than `max_len` are cropped: at the centre, or to their first `max_len` bases (`crop="start"`, what the
+    official tokenizer's right-side truncation keeps)."""
+    if crop not in CROPS:
+        raise ValueError(f"crop={crop!r}: use {' or '.join(CROPS)}")
     root = Path(root)
     splits = []
     for split, prob in (("train", rc_prob), ("test", 0.0)):
@@ -288,12 +367,51 @@ def genomic_benchmark(root: str | Path, rc_prob: float = 0.5, max_len: int | Non
             for path in sorted((folder / name).glob("*.txt")):
                 tokens = torch.from_numpy(encode(path.read_text().strip()).astype(np.int64))
                 if max_len is not None and len(tokens) > max_len:
-                    cut = (len(tokens) - max_len) // 2
+                    cut = (len(tokens) - max_len) // 2 if crop == "center" else 0
                     tokens = tokens[cut:cut + max_len]
                 sequences.append(tokens)
                 labels.append(label)
         splits.append(LabelledSequences(sequences, labels, prob, classes))
     return splits[0], splits[1]
+
+
+def hold_out_indices(size: int, seed: int, fraction: float = HOLD_OUT_FRACTION) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of `size` training sequences: `fraction` held out by torch's `random_split`
+    from a generator seeded with `seed`, the official split (validation first, as there)."""
+    from torch.utils.data import random_split
+
+    val_part, train_part = random_split(range(size), [fraction, 1 - fraction],
+                                        generator=torch.Generator().manual_seed(seed))
+    return list(train_part.indices), list(val_part.indices)
+
+
+def hold_out(train: LabelledSequences, seed: int, fraction: float = HOLD_OUT_FRACTION
+             ) -> tuple[LabelledSequences, LabelledSequences]:
+    """(train, validation) parts of a training set by `hold_out_indices`; the validation part is never
+    reverse complemented."""
+    train_indices, val_indices = hold_out_indices(len(train), seed, fraction)
+
+    def subset(indices, rc_prob):
+        return LabelledSequences([train.sequences[i] for i in indices], [train.labels[i] for i in indices],
+                                 rc_prob, train.classes)
+
+    return subset(train_indices, train.rc_prob), subset(val_indices, 0.0)
+
+
+class EvalSplits(Dataset):
+    """Several evaluation sets read as one, each item tagged with `split` (its set's position), so one pass
+    of the trainer's evaluation scores the validation and the test set apart."""
+
+    def __init__(self, datasets: list[Dataset]):
+        self.datasets = datasets
+        self.offsets = np.cumsum([0] + [len(d) for d in datasets])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        split = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return {**self.datasets[split][i - int(self.offsets[split])], "split": torch.tensor(split)}
 
 
 def pad_collate(items: list[dict]) -> dict:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.genome import COMPLEMENT, NUCLEOTIDES, VOCAB_SIZE, reverse_complement
-from . import mean_pool
+from . import load_legacy_embed_scale, mean_pool
 
 
 def selective_scan(u, dt, A, B, C):
@@ -109,7 +109,8 @@ class Caduceus(nn.Module):
             raise ValueError(f"rc={rc!r}: use ps (equivariant), ph (post-hoc conjoining) or none")
         self.rc = rc
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.embed_scale = None  # a learnable scalar after the embedding, set by the task for DyT-like norms
+        self.embed_scale = None  # a learnable (1,) scale after the embedding, set by the task for DyT-like norms
+        self.register_load_state_dict_pre_hook(load_legacy_embed_scale)
         self.blocks = nn.ModuleList(CaduceusBlock(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
                                     for _ in range(n_layer))
         self.norm_f = nn.RMSNorm(d_model, eps=1e-5)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.genome import NUCLEOTIDES, VOCAB_SIZE
-from . import mean_pool
+from . import load_legacy_embed_scale, mean_pool
 
 
 class Sin(nn.Module):
@@ -32,10 +32,16 @@ class Sin(nn.Module):
 
 class HyenaFilter(nn.Module):
     """The implicit long filter h[d, t] = MLP(z_t)[d] · exp(-|δ_d| t) for t in [0, 1] over `max_len`
-    positions, plus a per-channel skip D (`bias`)."""
+    positions, plus a per-channel skip D (`bias`).
+
+    The MLP is Linear → Sin, then `inner_mlps` × (Linear → Sin), then a bias-free Linear to d_model. The
+    official filter (hyena-dna and caduceus `src/models/sequence/hyena.py`, `HyenaFilter`) has
+    `num_inner_mlps=2` and one Sin module, with one learnable frequency, reused after every Linear
+    (`shared_sin=True`); the compact CPU default has one inner layer and a Sin of its own after each."""
 
     def __init__(self, d_model: int, max_len: int, order: int = 64, emb_dim: int = 5, w: float = 10.0,
-                 fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5, target: float = 1e-2):
+                 fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5, target: float = 1e-2,
+                 inner_mlps: int = 1, shared_sin: bool = False):
         super().__init__()
         bands = (emb_dim - 1) // 2
         t = torch.linspace(0, 1, max_len)[:, None]
@@ -45,8 +51,15 @@ class HyenaFilter(nn.Module):
         self.register_buffer("t", t, persistent=False)
         decay = torch.linspace(math.log(target) / slow_decay_pct, math.log(target) / fast_decay_pct, d_model)
         self.register_buffer("decay", decay.abs(), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(emb_dim, order), Sin(order, w), nn.Linear(order, order), Sin(order, w),
-                                 nn.Linear(order, d_model, bias=False))
+        shared = Sin(order, w)
+
+        def activation():
+            return shared if shared_sin else Sin(order, w)
+
+        layers = [nn.Linear(emb_dim, order), activation()]
+        for _ in range(inner_mlps):
+            layers += [nn.Linear(order, order), activation()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(order, d_model, bias=False))
         self.bias = nn.Parameter(torch.randn(d_model))
 
     def forward(self, length: int) -> torch.Tensor:
@@ -55,10 +68,15 @@ class HyenaFilter(nn.Module):
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """Causal convolution of u [B, D, L] with k [D, L] by FFT, plus u · skip."""
-    length = u.shape[-1]
+    """Causal convolution of u [B, D, L] with k [D, L] by FFT, plus u · skip, computed in at least float32 and
+    returned in u's dtype. Under fp16 autocast u arrives in half precision: cuFFT computes half only at
+    power-of-two sizes, and a long sum in half loses the small filter taps; the official `fftconv_ref`
+    likewise casts u to the (float32) filter's dtype and the result back."""
+    length, dtype = u.shape[-1], u.dtype
+    work = torch.promote_types(torch.promote_types(dtype, k.dtype), torch.float32)
+    u, k = u.to(work), k.to(work)
     y = torch.fft.irfft(torch.fft.rfft(u, n=2 * length) * torch.fft.rfft(k, n=2 * length), n=2 * length)
-    return y[..., :length] + u * skip[:, None]
+    return (y[..., :length] + u * skip.to(work)[:, None]).to(dtype)
 
 
 class HyenaOperator(nn.Module):
@@ -94,18 +112,24 @@ class HyenaBlock(nn.Module):
 
 class HyenaDNA(nn.Module):
     """Tokens [B, L] → next-nucleotide logits [B, L, 4] over A, C, G, T (head tied to the embedding), or,
-    with `num_classes`, class logits [B, num_classes] from the mean over positions."""
+    with `num_classes`, class logits [B, num_classes] from the mean over positions. `max_len` is the
+    filters' positional grid (the official `l_max`, the pretraining length + 2); shorter inputs use its
+    first positions. `embed_dropout` drops embedding outputs (the official `embed_dropout`, 0.1)."""
 
     def __init__(self, d_model: int, n_layer: int, max_len: int, d_inner: int | None = None,
                  num_classes: int | None = None, vocab_size: int = VOCAB_SIZE, filter_order: int = 64,
-                 emb_dim: int = 5, short_filter: int = 3, w: float = 10.0):
+                 emb_dim: int = 5, short_filter: int = 3, w: float = 10.0, filter_inner_mlps: int = 1,
+                 filter_shared_sin: bool = False, embed_dropout: float = 0.0):
         super().__init__()
         self.max_len = max_len
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.embed_scale = None  # a learnable scalar after the embedding, set by the task for DyT-like norms
+        self.embed_scale = None  # a learnable (1,) scale after the embedding, set by the task for DyT-like norms
+        self.register_load_state_dict_pre_hook(load_legacy_embed_scale)
+        self.embed_dropout = nn.Dropout(embed_dropout)
         self.blocks = nn.ModuleList(
             HyenaBlock(d_model, d_inner or 4 * d_model, max_len, short_filter=short_filter, order=filter_order,
-                       emb_dim=emb_dim, w=w) for _ in range(n_layer))
+                       emb_dim=emb_dim, w=w, inner_mlps=filter_inner_mlps, shared_sin=filter_shared_sin)
+            for _ in range(n_layer))
         self.norm_f = nn.LayerNorm(d_model)
         self.classifier = nn.Linear(d_model, num_classes) if num_classes else None
         self.apply(self._init)
@@ -130,6 +154,7 @@ class HyenaDNA(nn.Module):
         h = self.embed(tokens)
         if self.embed_scale is not None:
             h = h * self.embed_scale
+        h = self.embed_dropout(h)
         for block in self.blocks:
             h = block(h)
         h = self.norm_f(h)

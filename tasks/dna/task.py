@@ -5,22 +5,29 @@ augmentation; the objective is the subclass's (`causal`: next nucleotide; `mlm`:
 `task.stage=finetune`: coding vs intergenic windows of the embedded chromosome (or the GenomicBenchmarks
 dataset at `data.root`), accuracy. Chain the two with `init_from=<pretraining run folder>`: the backbone's
 weights load, the classifier is new.
+
+GenomicBenchmarks with `data.split_seed` (the official protocol, scripts/genomic_benchmarks.py): 10 % of
+train/ is held out by that seed, the headline `val/acc` is the held-out accuracy, and every evaluation also
+scores test/ (`val/test_acc`), so summary.json's `best` holds the test accuracy at the best validation
+accuracy: the official early stopping (the best validation checkpoint, then the test set).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch import nn
 
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 from ..data import genome
 from ..data.genome import pad_collate
+from . import embed_scale_parameter
 
 STAGES = ("pretrain", "finetune")
 DYT_LIKE = ("dyt", "derf")
+# metric prefixes of the evaluation sets EvalSplits tags 0, 1: the held-out validation split, then test/
+EVAL_SPLITS = ("", "test_")
 
 
 class GenomeTask(Task):
@@ -38,6 +45,23 @@ class GenomeTask(Task):
         if cfg.stage == "finetune" and cfg.data.root and not (Path(cfg.data.root) / "train").is_dir():
             raise ConfigError(f"task.data.root={cfg.data.root} has no train/ folder; a GenomicBenchmarks dataset "
                               "has train/<class>/*.txt and test/<class>/*.txt")
+        data = cfg.data
+        if data.get("require_real_data"):  # a 10k-step paper row never trains on the embedded chromosome by mistake
+            needed = ("fasta_path", "bed_path") if cfg.stage == "pretrain" else ("root",)
+            missing = [key for key in needed if not data.get(key)]
+            if missing:
+                example = {"fasta_path": "/data/hg38/hg38.ml.fa", "bed_path": "/data/hg38/human-sequences.bed",
+                           "root": "~/.genomic_benchmarks/human_nontata_promoters"}[missing[0]]
+                raise ConfigError(f"this configuration trains on real data (task.data.require_real_data): give "
+                                  f"task.data.{missing[0]}=<path>, e.g. task.data.{missing[0]}={example}")
+        if data.get("crop", "center") not in genome.CROPS:
+            raise ConfigError(f"task.data.crop={data.crop} is unknown; use {' or '.join(genome.CROPS)}")
+        if data.get("bed_path") and not data.get("fasta_path"):
+            raise ConfigError("task.data.bed_path needs task.data.fasta_path, the genome its intervals index "
+                              "(e.g. task.data.fasta_path=/data/hg38/hg38.ml.fa)")
+        if data.get("bed_path") and genome.BED_EXTENT % data.seq_len:
+            raise ConfigError(f"task.data.seq_len={data.seq_len} must divide 2^20 with task.data.bed_path (the "
+                              "official loader tiles each interval's 2^20 bp); e.g. task.data.seq_len=1024")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -58,10 +82,11 @@ class GenomeTask(Task):
         embedding output has RMS 1. It is the paper's LLaMA fix for early activations that are too small
         (there √d·0.02 ≈ 1.3 at width 4096); at width 64, √d gives 0.16. Measured on the embedded benchmark,
         HyenaDNA-DyT trained from scratch for 150 steps: no scale 0.50 accuracy, √d 0.65, unit RMS 0.72
-        (LayerNorm 0.79)."""
+        (LayerNorm 0.79). The paper's runs have no such scale (`experiment=*_pretrain`, `*_genomic_benchmarks`
+        set `task.embedding_scale=false`). Shape (1,), not a 0-dim scalar, for FSDP2."""
         if norm.type in DYT_LIKE and self.cfg.embedding_scale:
             rms = model.embed.weight.detach().pow(2).mean().sqrt()
-            model.embed_scale = nn.Parameter(1 / rms)
+            model.embed_scale = embed_scale_parameter(1 / rms)
 
     # ------------------------------------------------------------ data
 
@@ -69,17 +94,29 @@ class GenomeTask(Task):
         data, seed = self.cfg.data, 0  # the data (and its split) do not change with the training seed
         if self.finetune:
             if data.root:
-                return genome.genomic_benchmark(data.root, data.rc_prob, max_len=data.get("max_len"))
+                train, test = genome.genomic_benchmark(data.root, data.rc_prob, max_len=data.get("max_len"),
+                                                       crop=data.get("crop", "center"))
+                if data.get("split_seed") is None:
+                    return train, test
+                train, val = genome.hold_out(train, data.split_seed)
+                return train, genome.EvalSplits([val, test])
             train, val, _ = genome.coding_vs_intergenic(data.window, data.block, data.val_fraction,
                                                         train_size=data.train_windows, val_per_class=data.val_per_class,
                                                         seed=seed, rc_prob=data.rc_prob)
             return train, val
         source = genome.fasta_genome(data.fasta_path, data.contigs) if data.fasta_path else genome.embedded_genome()
-        regions = genome.split_regions(source.lengths, data.block, data.val_fraction)
         length = data.seq_len + (self.objective == "causal")  # a causal model predicts tokens 1…L from 0…L-1
-        train = genome.RandomWindows(source, regions["train"], length, data.train_windows, seed=seed,
-                                     rc_prob=data.rc_prob)
-        val = genome.TiledWindows(source, regions["val"], length, limit=data.val_windows)
+        if data.get("bed_path"):  # the official intervals: train and valid rows of the BED file
+            intervals = genome.bed_intervals(data.bed_path)
+            train = genome.BedWindows(source, intervals["train"], data.seq_len, length, seed=seed,
+                                      rc_prob=data.rc_prob)
+            val = genome.BedWindows(source, intervals["valid"], data.seq_len, length,
+                                    first_fraction=data.get("val_first_fraction"), limit=data.val_windows)
+        else:
+            regions = genome.split_regions(source.lengths, data.block, data.val_fraction)
+            train = genome.RandomWindows(source, regions["train"], length, data.train_windows, seed=seed,
+                                         rc_prob=data.rc_prob)
+            val = genome.TiledWindows(source, regions["val"], length, limit=data.val_windows)
         if self.objective == "mlm":
             train, val = genome.MaskedLM(train, data.mask_prob, seed), genome.MaskedLM(val, data.mask_prob, seed + 1)
         return train, val
@@ -112,10 +149,28 @@ class GenomeTask(Task):
         return loss, {"acc": acc}
 
     def eval_step(self, model, batch):
+        """Sums of correct predictions, scored positions and losses; with a `split` tag (validation and test
+        read as one set), one sum of each per split, prefixed as EVAL_SPLITS names them."""
         logits, targets = self._outputs(model, batch)
         keep = targets != -100
-        return {"correct": (logits.argmax(-1)[keep] == targets[keep]).sum(), "count": keep.sum(),
-                "loss_sum": F.cross_entropy(logits.float(), targets, reduction="sum")}
+        if "split" not in batch:
+            return self._sums(logits, targets, keep, "")
+        sums = {}
+        for index, prefix in enumerate(EVAL_SPLITS):
+            sums.update(self._sums(logits, targets, keep & (batch["split"] == index), prefix))
+        return sums
+
+    @staticmethod
+    def _sums(logits, targets, keep, prefix: str) -> dict:
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        return {f"{prefix}correct": (logits.argmax(-1)[keep] == targets[keep]).sum(), f"{prefix}count": keep.sum(),
+                f"{prefix}loss_sum": losses[keep].sum()}
 
     def eval_metrics(self, totals):
-        return {"acc": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}
+        metrics = {}
+        for prefix in EVAL_SPLITS:
+            if totals.get(f"{prefix}count"):
+                count = totals[f"{prefix}count"]
+                metrics[f"{prefix}acc"] = totals[f"{prefix}correct"] / count
+                metrics[f"{prefix}loss"] = totals[f"{prefix}loss_sum"] / count
+        return metrics
