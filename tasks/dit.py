@@ -11,9 +11,11 @@ adaLN-Zero initialisation (modulation and final layer at zero) is removed for Dy
 LayerNorm (`task.model.zero_init: auto`); lr 4e-4 for both.
 
 Data. Embedded default: the 5,000 MNIST digits, pixel space, padded to 32×32, in [-1, 1]. Real: an
-ImageFolder (`task.data.root` with train/ and val/) encoded once by the AutoencoderKL at `task.vae.path`
-(tasks/data/latents.py), trained in latent space. Evaluation: val loss at fixed noise, a Fréchet distance
-of generated samples (tasks/fid.py) and, at the end, a grid of samples per class as PNG.
+ImageFolder (`task.data.root` with train/ and val/), centre-cropped as ADM and encoded once by the
+AutoencoderKL at `task.vae.path` to the posterior of each image and of its mirror image
+(tasks/data/latents.py); each step draws the orientation and a fresh posterior sample, as DiT's train.py.
+Evaluation: val loss at fixed noise, a Fréchet distance of generated samples (tasks/fid.py; FID as ADM's
+evaluator computes it for real data) and, at the end, a grid of samples per class as PNG.
 """
 from __future__ import annotations
 
@@ -38,16 +40,21 @@ TRAIN_TIMESTEPS = 1000
 
 
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}  # task.model.prediction → diffusers' prediction_type
+# task.sample.timestep_spacing: which of the 1000 steps a shorter sampling chain visits (diffusers' names).
+# linspace is DiT's respacing, space_timesteps(1000, "250") in diffusion/respace.py: round(i·999/(n−1))
+SPACINGS = ("linspace", "leading", "trailing")
+LABELS = ("random", "balanced")  # task.eval.labels: the classes of the samples a Fréchet distance scores
 
 
 def noise_scheduler(kind: str = "ddpm", learn_sigma: bool = False, clip_sample: bool = False,
-                    prediction: str = "epsilon"):
+                    prediction: str = "epsilon", spacing: str = "trailing"):
     """diffusers' DDPM or DDIM scheduler with DiT's linear β schedule (1e-4 … 0.02 over 1000 steps), for a
-    model that predicts ε (DiT) or v = √ᾱ·ε − √(1−ᾱ)·x₀."""
+    model that predicts ε (DiT) or v = √ᾱ·ε − √(1−ᾱ)·x₀. With fewer sampling steps, DDPM steps from each
+    visited timestep to the previous visited one with β re-derived from ᾱ, as DiT's respaced diffusion."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     common = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                  clip_sample=clip_sample, timestep_spacing="trailing", prediction_type=PREDICTIONS[prediction])
+                  clip_sample=clip_sample, timestep_spacing=spacing, prediction_type=PREDICTIONS[prediction])
     if kind == "ddpm":
         return DDPMScheduler(**common, variance_type="learned_range" if learn_sigma else "fixed_small")
     if kind == "ddim":
@@ -57,6 +64,14 @@ def noise_scheduler(kind: str = "ddpm", learn_sigma: bool = False, clip_sample: 
 
 def prediction_of(cfg) -> str:
     return cfg.model.get("prediction", "epsilon")  # runs saved before the switch predicted ε
+
+
+def spacing_of(cfg) -> str:
+    return cfg.sample.get("timestep_spacing", "trailing")  # runs saved before the key sampled so
+
+
+def labels_of(cfg) -> str:
+    return cfg.eval.get("labels", "balanced")  # runs saved before the key scored class-balanced samples
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -99,14 +114,14 @@ def variational_bound(scheduler, x0, xt, t, eps, v) -> torch.Tensor:
 @torch.no_grad()
 def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: str = "ddim", steps: int = 50,
            cfg_scale: float = 1.0, clip_sample: bool = False, prediction: str = "epsilon",
-           generator: torch.Generator | None = None):
+           spacing: str = "trailing", generator: torch.Generator | None = None):
     """Samples x_0 [N, *shape] for class `labels` from pure noise; `cfg_scale` ≠ 1 guides the prediction (ε or
     v) by the null class (u + s·(c − u)); a learned variance is used by DDPM and ignored by DDIM."""
     from accelerate.utils import extract_model_from_parallel
 
     core = extract_model_from_parallel(model)  # not DDP: processes may sample different numbers of batches
     channels, learned = core.in_channels, core.out_channels != core.in_channels
-    sched = noise_scheduler(scheduler, learned, clip_sample, prediction)
+    sched = noise_scheduler(scheduler, learned, clip_sample, prediction, spacing)
     sched.set_timesteps(steps)
     x = torch.randn((len(labels), *shape), generator=generator, device=labels.device)
     guided = cfg_scale != 1
@@ -122,6 +137,20 @@ def sample(model, labels: torch.Tensor, shape: tuple[int, ...], *, scheduler: st
             out = out[:, :channels]
         x = sched.step(out, t, x, generator=generator).prev_sample
     return x
+
+
+def draw_latents(posterior: torch.Tensor, scaling_factor: float, *, flip: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents [N, C, h, w] from cached posteriors [N, 2, 2, C, h, w] (image / mirror image × mean /
+    log-variance), as DiT's train.py makes them each step: a random horizontal flip (with `flip`; else the
+    image as it is) and a fresh sample of the VAE's posterior, `latent_dist.sample().mul_(scaling_factor)`,
+    drawn from `generator` or, in training, from the global RNG that checkpoints save."""
+    rows = torch.arange(len(posterior), device=posterior.device)
+    orientation = (torch.randint(0, 2, (len(posterior),), device=posterior.device, generator=generator) if flip
+                   else torch.zeros_like(rows))
+    mean, logvar = posterior[rows, orientation].float().unbind(1)
+    noise = torch.randn(mean.shape, device=mean.device, generator=generator)
+    return (mean + torch.exp(0.5 * logvar) * noise) * scaling_factor
 
 
 class DiTTask(Task):
@@ -146,6 +175,11 @@ class DiTTask(Task):
             raise ConfigError(f"task.model.prediction={prediction_of(cfg)} is unknown; use epsilon (DiT) or v")
         if cfg.sample.scheduler not in ("ddpm", "ddim"):
             raise ConfigError(f"task.sample.scheduler={cfg.sample.scheduler} is unknown; use ddpm or ddim")
+        if spacing_of(cfg) not in SPACINGS:
+            raise ConfigError(f"task.sample.timestep_spacing={spacing_of(cfg)} is unknown; use "
+                              f"{', '.join(SPACINGS)} (linspace: DiT's respacing)")
+        if labels_of(cfg) not in LABELS:
+            raise ConfigError(f"task.eval.labels={labels_of(cfg)} is unknown; use random (DiT's sample_ddp.py) or balanced")
         guided = cfg.sample.cfg_scale != 1 or (cfg.grid.cfg_scale or 1) != 1
         if guided and not cfg.model.class_dropout:
             raise ConfigError("classifier-free guidance needs the null class: task.model.class_dropout > 0 "
@@ -153,8 +187,11 @@ class DiTTask(Task):
         num_classes = cfg.data.num_classes if cfg.data.root else 10
         if cfg.grid.classes and max(cfg.grid.classes) >= num_classes:
             raise ConfigError(f"task.grid.classes={list(cfg.grid.classes)} has ids ≥ {num_classes}, the number of classes")
-        if cfg.eval.reference and not Path(cfg.eval.reference).expanduser().exists():
-            raise ConfigError(f"task.eval.reference={cfg.eval.reference} does not exist; give a local .npz or null")
+        if cfg.eval.get("require_reference") and cfg.eval.fid is not False and not cfg.eval.reference:
+            raise ConfigError("task.eval.reference is required here (the paper rows' FID is against ADM's reference "
+                              "batch): task.eval.reference=/path/to/VIRTUAL_imagenet256_labeled.npz")
+        if cfg.eval.reference:
+            _check_reference(Path(cfg.eval.reference).expanduser())
         weights = find_inception(cfg.eval.inception_path)
         if cfg.eval.fid is True and (weights is None or not weights.exists()):
             raise ConfigError(f"task.eval.fid=true needs Inception weights at a local path: "
@@ -166,12 +203,13 @@ class DiTTask(Task):
         self.embedded = not cfg.data.root
         self.num_classes = 10 if self.embedded else cfg.data.num_classes
         if self.embedded:
-            self.channels, self.input_size = 1, cfg.data.digit_size
+            self.channels, self.input_size, self.latent_scale = 1, cfg.data.digit_size, None
         else:
             from .data.latents import vae_geometry
 
-            self.channels, factor = vae_geometry(cfg.vae.path)
+            self.channels, factor, self.latent_scale = vae_geometry(cfg.vae.path)
             self.input_size = cfg.data.image_size // factor
+        self.image_size = self.input_size * (1 if self.embedded else factor)  # the side of generated images
         self.learn_sigma, self.prediction = cfg.model.learn_sigma, prediction_of(cfg)
         self.scheduler = noise_scheduler("ddpm", self.learn_sigma, prediction=self.prediction)
         self.step, self.max_steps = 0, 1
@@ -180,6 +218,8 @@ class DiTTask(Task):
         self.metric, self.metric_name = self._choose_metric()
         self.headline = Headline(f"val/{self.metric_name}" if self.metric_name else "val/loss", higher_is_better=False)
         self.last_eval_model = None
+        self._features = None  # the Fréchet distance's feature network, built at the first evaluation
+        self._reference = None  # (mu, sigma) of the reference
 
     def _choose_metric(self) -> tuple[str | None, str | None]:
         """("inception", "fid"), ("digits", "fd_mnist_classifier") or (None, None) — without downloading."""
@@ -233,7 +273,7 @@ class DiTTask(Task):
                       batch_size=d.encode_batch_size, num_workers=d.num_workers)
         train = cached_latents(Path(d.root), "train", **common)
         val = cached_latents(Path(d.root), "val", max_images=d.max_val_images, **common)
-        return LatentDataset(train, flips=True), LatentDataset(val, flips=False)
+        return LatentDataset(train), LatentDataset(val)
 
     def _digits(self):
         from .data.mnist import mnist_digits, split_indices
@@ -244,6 +284,12 @@ class DiTTask(Task):
         train, val = split_indices(labels, self.cfg.data.val_fraction)
         self.real_images = (x[train], labels[train]), (x[val], labels[val])
         return TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val])
+
+    def inputs(self, x: torch.Tensor, *, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A batch's x₀: the digits as they are; for real data latents drawn from the cached posteriors."""
+        if self.embedded:
+            return x
+        return draw_latents(x, self.latent_scale, flip=flip, generator=generator)
 
     # ------------------------------------------------------------------ training
 
@@ -267,7 +313,8 @@ class DiTTask(Task):
         return mse + variational_bound(self.scheduler, x0, xt, t, eps.detach(), out[:, self.channels:]), mse
 
     def loss(self, model, batch):
-        x0, y = batch
+        x, y = batch
+        x0 = self.inputs(x)  # real data: a random flip and a fresh posterior sample, from the training RNG
         t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), device=x0.device)
         loss, mse = self.diffusion_loss(model, x0, y, t, torch.randn_like(x0))
         return loss.mean(), {"mse": mse.mean().item()}
@@ -279,8 +326,9 @@ class DiTTask(Task):
         Fréchet distance of `eval.num_samples` samples (`eval.final_num_samples` at the last step)."""
         self.last_eval_model = model
         totals = {"loss": 0.0, "mse": 0.0, "count": 0.0}
-        for i, (x0, y) in enumerate(batches):
-            generator = torch.Generator(x0.device).manual_seed(10_000 * self.cfg.eval.seed + i)
+        for i, (x, y) in enumerate(batches):
+            generator = torch.Generator(x.device).manual_seed(10_000 * self.cfg.eval.seed + i)
+            x0 = self.inputs(x, flip=False, generator=generator)
             t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), device=x0.device, generator=generator)
             noise = torch.randn(x0.shape, device=x0.device, generator=generator)
             loss, mse = self.diffusion_loss(model, x0, y, t, noise)
@@ -291,76 +339,97 @@ class DiTTask(Task):
         if self.metric is not None:
             final = self.step + 1 >= self.max_steps
             n = self.cfg.eval.final_num_samples if final and self.cfg.eval.final_num_samples else self.cfg.eval.num_samples
-            metrics[self.metric_name] = self.frechet_distance(model, n)
+            metrics[self.metric_name] = self.frechet_distance(model, n, reduce)
         return metrics
 
-    def frechet_distance(self, model, num_samples: int) -> float:
-        """Class-balanced samples from `sample.*` settings against the real data, each process its share."""
+    def frechet_distance(self, model, num_samples: int, reduce=None) -> float:
+        """The Fréchet distance of `num_samples` samples (`fid_samples`, each process its share; `reduce` sums
+        over processes) to the reference statistics. For FID every step is ADM's evaluator's: uint8 images,
+        Inception pool_3 features, mean and unbiased covariance, the reference's stored mu and sigma."""
         from accelerate import PartialState
 
+        from .fid import FeatureMoments, frechet_distance
+
         state = PartialState()
-        metric = self._frechet_metric(state)
-        labels = (torch.arange(num_samples) % self.num_classes)[state.process_index::state.num_processes]
-        generator = torch.Generator(state.device).manual_seed(self.cfg.eval.seed + 1000 * state.process_index)
-        for chunk in labels.split(self.cfg.sample.batch_size):
-            images = self.generate(model, chunk.to(state.device), generator=generator)
-            metric.update(self._metric_input(images), real=False)
-        value = float(metric.compute())
-        metric.reset()  # fake statistics only
-        return value
+        features, reference = self._feature_network(state.device), self._reference_statistics(state, reduce)
+        moments = FeatureMoments()
+        for images, _ in self.fid_samples(model, num_samples, rank=state.process_index, world=state.num_processes,
+                                          device=state.device):
+            moments.add(features(self.metric_input(images)))
+        return frechet_distance(*moments.reduced(reduce).statistics(), *reference)
 
-    def _frechet_metric(self, state):
-        # built at the first evaluation (again after a resume): it must not draw from the training's RNG
-        with torch.random.fork_rng(devices=[]):
-            return self._build_frechet_metric(state)
+    def fid_samples(self, model, num_samples: int, *, rank: int = 0, world: int = 1, device=None):
+        """Process `rank`'s share (every `world`-th) of `num_samples` samples by `task.sample`, as (images in
+        [-1, 1], labels) batches. Labels by `eval.labels`: random, uniform over the classes as DiT's
+        sample_ddp.py draws them, or balanced (sample i is class i mod classes). Seeded by eval.seed and rank."""
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        generator = torch.Generator(device).manual_seed(self.cfg.eval.seed + 1000 * rank)
+        count = len(range(rank, num_samples, world))
+        balanced = (torch.arange(num_samples) % self.num_classes)[rank::world]
+        for start in range(0, count, self.cfg.sample.batch_size):
+            size = min(self.cfg.sample.batch_size, count - start)
+            if labels_of(self.cfg) == "random":
+                labels = torch.randint(0, self.num_classes, (size,), device=device, generator=generator)
+            else:
+                labels = balanced[start:start + size].to(device)
+            yield self.generate(model, labels, generator=generator), labels
 
-    def _build_frechet_metric(self, state):
-        if self.metric == "digits" and not hasattr(self, "_fd"):
-            from .fid import cache_dir, digit_features, frechet_metric
+    def metric_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Samples in [-1, 1] as the metric's network takes them: uint8 RGB as DiT saves samples (Inception),
+        or [-1, 1] digits (the digit classifier)."""
+        from .fid import to_uint8
 
-            train, val = self.real_images
-            features = digit_features(train, val, cache_dir(self.cfg.eval.cache_dir))
-            self._fd = frechet_metric(features).to(state.device)
-            for chunk in train[0][state.process_index::state.num_processes].split(500):
-                self._fd.update(chunk.to(state.device), real=True)
-        elif self.metric == "inception" and not hasattr(self, "_fd"):
-            from .fid import find_inception, frechet_metric
+        return to_uint8(images) if self.metric == "inception" else images.clamp(-1, 1)
 
-            self._fd = frechet_metric(2048, find_inception(self.cfg.eval.inception_path)).to(state.device)
-            for chunk in self._reference_images(state):
-                self._fd.update(self._metric_input(chunk.to(state.device)), real=True)
-        return self._fd
+    def _feature_network(self, device):
+        if self._features is None:
+            # built at the first evaluation (again after a resume): it must not draw from the training's RNG
+            with torch.random.fork_rng(devices=[]):
+                if self.metric == "digits":
+                    from .fid import cache_dir, digit_features
 
-    def _metric_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Samples in [-1, 1] as the metric's network takes them: [-1, 1] digits, or RGB in [0, 1]."""
-        images = images.clamp(-1, 1)
-        if self.metric == "digits":
-            return images
-        images = (images + 1) / 2
-        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+                    if self.real_images is None:
+                        self._digits()
+                    train, val = self.real_images
+                    self._features = digit_features(train, val, cache_dir(self.cfg.eval.cache_dir)).to(device)
+                else:
+                    from .fid import InceptionFeatures, find_inception
+
+                    self._features = InceptionFeatures(find_inception(self.cfg.eval.inception_path)).to(device)
+        return self._features
+
+    def _reference_statistics(self, state, reduce):
+        """(mu, sigma) of the reference, computed once: ADM's reference batch (`eval.reference`: its stored
+        mu and sigma), else the features of the val/ images (embedded data: the training digits)."""
+        if self._reference is None:
+            from .fid import image_statistics, npz_statistics
+
+            features = self._feature_network(state.device)
+            if self.cfg.eval.reference and self.metric == "inception":
+                self._reference = npz_statistics(self.cfg.eval.reference, features, device=state.device,
+                                                 rank=state.process_index, world=state.num_processes, reduce=reduce)
+            else:
+                self._reference = image_statistics(self._reference_images(state), features, device=state.device,
+                                                   reduce=reduce)
+        return self._reference
 
     def _reference_images(self, state, batch: int = 250):
-        """This process's share of the FID reference: ADM's reference batch (`eval.reference`, an .npz with
-        uint8 NHWC `arr_0`), else the val/ images (embedded data: the training digits)."""
-        import numpy as np
-
-        if self.cfg.eval.reference:
-            arr = np.load(self.cfg.eval.reference, mmap_mode="r")["arr_0"]
-            rows = range(state.process_index, len(arr), state.num_processes)
-            for start in range(0, len(rows), batch):
-                chunk = torch.from_numpy(np.stack([arr[i] for i in rows[start:start + batch]]))
-                yield chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
-        elif self.embedded:
-            yield from self.real_images[0][0][state.process_index::state.num_processes].split(batch)
+        """This process's share of the reference images, as the metric's network takes them."""
+        if self.embedded:
+            if self.real_images is None:
+                self._digits()
+            digits = self.real_images[0][0][state.process_index::state.num_processes]
+            for chunk in digits.split(batch):
+                yield self.metric_input(chunk)
         else:
             from torchvision.datasets import ImageFolder
 
-            from .data.latents import image_transform
+            from .data.latents import uint8_transform
 
-            images = ImageFolder(str(Path(self.cfg.data.root) / "val"), image_transform(self.cfg.data.image_size))
+            images = ImageFolder(str(Path(self.cfg.data.root) / "val"), uint8_transform(self.cfg.data.image_size))
             subset = torch.utils.data.Subset(images, range(state.process_index, len(images), state.num_processes))
             for x, _ in torch.utils.data.DataLoader(subset, batch_size=batch, num_workers=self.cfg.data.num_workers):
-                yield x
+                yield x  # uint8 RGB, centre-cropped as ADM's reference batches were
 
     def generate(self, model, labels: torch.Tensor, *, cfg_scale: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -369,14 +438,15 @@ class DiTTask(Task):
         shape = (self.channels, self.input_size, self.input_size)
         x = sample(model, labels, shape, scheduler=s.scheduler, steps=s.steps,
                    cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale, clip_sample=self.embedded,
-                   prediction=self.prediction, generator=generator)
+                   prediction=self.prediction, spacing=spacing_of(self.cfg), generator=generator)
         if self.embedded:
             return x
         if self.vae is None:
             from .data.latents import load_vae
 
-            self.vae = load_vae(self.cfg.vae.path, x.device)
-        return self.vae.decode(x / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+            with torch.random.fork_rng(devices=[]):  # loading must not draw from the training's RNG
+                self.vae = load_vae(self.cfg.vae.path, x.device)
+        return self.vae.decode(x / self.latent_scale).sample.clamp(-1, 1)
 
     # ------------------------------------------------------------------ artifacts
 
@@ -406,3 +476,20 @@ class DiTTask(Task):
         path = self.write_grid(model, Path(run_dir) / "samples.png")
         tracker.log_image("samples", path, self.step + 1)
         log.info("sample grid: %s", path)
+
+
+def _check_reference(path: Path) -> None:
+    """An FID reference in ADM's layout: an npz with mu and sigma (ADM's reference batches) or uint8 arr_0."""
+    import numpy as np
+
+    if not path.is_file():
+        raise ConfigError(f"task.eval.reference={path} does not exist; give a local .npz (ADM's reference batch, "
+                          f"e.g. VIRTUAL_imagenet256_labeled.npz) or null")
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+    except Exception as err:  # noqa: BLE001 — not an npz at all
+        raise ConfigError(f"task.eval.reference={path} is not an .npz ({type(err).__name__}: {err})") from None
+    if not {"mu", "sigma"} <= keys and "arr_0" not in keys:
+        raise ConfigError(f"task.eval.reference={path} has neither mu/sigma nor arr_0 (keys: {', '.join(sorted(keys))}); "
+                          f"give ADM's reference batch")

@@ -1,6 +1,11 @@
-"""task=dit: the paper's DiT sizes, the adaLN-Zero switch LN vs DyT, the diffusion loss, sampling, a run
-end to end on the embedded digits (grid PNG, Fréchet distance, scripts/sample_dit.py) and on latents of a
-tiny ImageFolder encoded by a tiny local VAE."""
+"""task=dit: the paper's DiT sizes, the adaLN-Zero switch LN vs DyT, the diffusion loss, sampling, FID as
+ADM's evaluator computes it (uint8 samples, random labels, the reference batch's stored mu and sigma), a run
+end to end on the embedded digits (grid PNG, Fréchet distance, scripts/sample_dit.py and its npz) and on VAE
+posteriors of a tiny ImageFolder encoded by a tiny local VAE (centre crop, a flip and a posterior sample per
+step, exact resume). The recipes of experiment=dit_* are pinned in tests/test_recipes_dit.py.
+
+No Inception weights can be downloaded here: the FID tests save torch-fidelity's InceptionV3 with random
+weights to a local file and run the real path (the weights file, TF1's resize, uint8 input) on it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,10 +18,11 @@ from PIL import Image
 
 from dyt.convert import convert
 from dyt.layers import DynamicTanh
-from tasks.dit import DiTTask, noise_scheduler, sample, variational_bound
+from tasks import fid
+from tasks.dit import DiTTask, draw_latents, noise_scheduler, sample, variational_bound
 from tasks.dit_model import build_dit
 
-from .helpers import ROOT, run_train, summary
+from .helpers import ROOT, metrics, run_train, summary
 
 TASK_CFG = ROOT / "configs" / "task" / "dit.yaml"
 
@@ -139,7 +145,7 @@ def test_sampling_is_seeded_and_guidance_changes_samples(scheduler):
     assert torch.equal(a, b) and not torch.allclose(a, guided)
 
 
-def test_train_on_digits_writes_grid_and_fd_then_sample_script(tmp_path):
+def test_train_on_digits_writes_grid_and_fd_then_sample_script(tmp_path, inception_weights, monkeypatch, capsys):
     run = tmp_path / "run"
     run_train(run, "task=dit", "norm=dyt", "task.size=debug", "trainer.max_steps=3", "trainer.batch_size=16",
               "task.eval.num_samples=40", "task.eval.final_num_samples=60", "task.sample.steps=3",
@@ -154,9 +160,19 @@ def test_train_on_digits_writes_grid_and_fd_then_sample_script(tmp_path):
 
     from scripts.sample_dit import main as sample_main
 
+    monkeypatch.setattr(fid, "INCEPTION_FEATURES", "64")  # a cheap sqrtm (see the uint8 test below)
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    reference = _adm_reference(inception_weights.parent / "ref_digits_64.npz", images, "64")
     out = sample_main([str(run), "--out", str(tmp_path / "grid.png"), "--classes", "2", "7", "--per-class", "3",
-                       "--steps", "2"])
+                       "--steps", "2", "--num-samples", "7", "--npz", str(tmp_path / "samples.npz"),
+                       "--fid-reference", str(reference), "--inception-path", str(inception_weights)])
     assert Image.open(out).size == (3 * 34 + 2, 2 * 34 + 2)
+    printed = capsys.readouterr().out.split()
+    assert float(printed[printed.index("FID") + 1]) > 0  # the suite's FID of the npz it wrote
+    with np.load(tmp_path / "samples.npz") as npz:  # ADM's sample batch: uint8 NHWC RGB, labels beside
+        assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (7, 32, 32, 3)
+        assert npz["arr_1"].tolist() == [0, 1, 2, 3, 4, 5, 6]  # the CPU default's balanced labels
+    assert not list(tmp_path.glob("samples.arr_*.npy"))  # the staging arrays are gone
 
 
 def _tiny_vae(path: Path, blocks: int = 2) -> None:
@@ -168,7 +184,7 @@ def _tiny_vae(path: Path, blocks: int = 2) -> None:
                   layers_per_block=1).save_pretrained(path)
 
 
-def test_image_folder_is_encoded_once_to_latents_and_trained_in_latent_space(tmp_path):
+def test_image_folder_is_encoded_once_to_posteriors_and_resumes_exactly(tmp_path):
     rng = np.random.default_rng(0)
     for split, count in (("train", 6), ("val", 2)):
         for label in ("cat", "dog"):
@@ -181,46 +197,224 @@ def test_image_folder_is_encoded_once_to_latents_and_trained_in_latent_space(tmp
     args = ["task=dit", "norm=layernorm", "task.size=debug", f"task.data.root={tmp_path / 'data'}",
             f"task.vae.path={tmp_path / 'vae'}", "task.data.num_classes=2", "task.data.image_size=32",
             f"task.data.cache_dir={tmp_path / 'latents'}", "task.data.num_workers=0", "trainer.max_steps=2",
-            "trainer.batch_size=8", "task.sample.steps=2", "task.sample.scheduler=ddpm", "task.grid.per_class=2"]
+            "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=1", "task.sample.steps=2",
+            "task.sample.scheduler=ddpm", "task.grid.per_class=2"]
     run_train(run, *args, timeout=300)
     caches = sorted(p for p in (tmp_path / "latents").iterdir() if p.is_dir())  # not the .lock files
     assert [c.name.split("-")[0] for c in caches] == ["train", "val"]
     assert all((c / "COMPLETE").exists() for c in caches)
-    latents = np.load(caches[0] / "latents.npy")
-    assert latents.shape == (12, 2, 4, 16, 16)  # image and mirror image, 4 latent channels, 32 / 2
-    assert np.abs(latents).max() > 0
-    stamp = (caches[0] / "latents.npy").stat().st_mtime
+    mean, logvar = np.load(caches[0] / "mean.npy"), np.load(caches[0] / "logvar.npy")
+    assert mean.shape == logvar.shape == (12, 2, 4, 16, 16)  # image and mirror image, 4 channels, 32 / 2
+    assert mean.dtype == np.float32 and logvar.dtype == np.float16
+
+    # the cache holds the VAE's posterior of the centre-cropped first image and of its mirror image
+    from diffusers import AutoencoderKL
+
+    from tasks.data.latents import image_transform
+
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae").eval()
+    x = image_transform(32)(Image.open(tmp_path / "data" / "train" / "cat" / "0.png").convert("RGB"))[None]
+    with torch.no_grad():
+        for orientation, image in enumerate((x, x.flip(-1))):
+            posterior = vae.encode(image).latent_dist
+            assert np.allclose(mean[0, orientation], posterior.mean[0].numpy(), atol=1e-5)
+            assert np.allclose(logvar[0, orientation], posterior.logvar[0].numpy(), atol=2e-2)
+    assert not np.allclose(mean[0, 0], mean[0, 1])
+
     result = summary(run)
     assert result["status"] == "completed" and result["headline"]["name"] == "val/loss"  # no Inception weights
     assert Image.open(run / "samples.png").mode == "RGB"  # decoded by the VAE
-    run_train(tmp_path / "run2", *args, timeout=300)
-    assert (caches[0] / "latents.npy").stat().st_mtime == stamp  # encoded once
+    stamp = (caches[0] / "mean.npy").stat().st_mtime
+    step2 = [r["train/loss"] for r in metrics(run) if r["step"] == 2 and "train/loss" in r]
+
+    # resume from step 1: the flips and posterior samples of step 2 come from the restored training RNG
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step_00000002")
+    (run / "summary.json").unlink()
+    rerun = run_train(run, *args, timeout=300)
+    assert "resumed from" in rerun.stdout + rerun.stderr
+    again = [r["train/loss"] for r in metrics(run) if r["step"] == 2 and "train/loss" in r]
+    assert step2 and again[-1] == step2[0]
+    assert (caches[0] / "mean.npy").stat().st_mtime == stamp  # encoded once
 
 
-@pytest.mark.parametrize("name, size", [("dit_b4", "DiT-B/4"), ("dit_l4", "DiT-L/4"), ("dit_xl2", "DiT-XL/2")])
-def test_experiment_configs_are_the_papers_recipe(tmp_path, name, size):
-    from hydra import compose, initialize_config_dir
+def test_latents_are_a_random_flip_and_a_fresh_posterior_sample_from_the_global_rng():
+    n = 20_000
+    posterior = torch.zeros(n, 2, 2, 1, 1, 1)
+    posterior[:, 0, 0], posterior[:, 1, 0] = 3.0, -3.0  # the image's mean, the mirror image's
+    posterior[:, :, 1] = 2 * np.log(0.5)  # log-variance: std 0.5
+    torch.manual_seed(0)
+    z = draw_latents(posterior, 0.5).flatten()
+    mirrored = z < 0
+    assert 0.48 < mirrored.float().mean() < 0.52  # RandomHorizontalFlip's p = 0.5
+    assert abs(z[~mirrored].mean() - 1.5) < 0.01 and abs(z[mirrored].mean() + 1.5) < 0.01  # × scaling factor
+    assert abs(z[~mirrored].std() - 0.25) < 0.01  # a sample of the posterior, std 0.5 × 0.5
+    torch.manual_seed(0)
+    assert torch.equal(draw_latents(posterior, 0.5).flatten(), z)  # a restored RNG state draws them again
+    assert not torch.equal(draw_latents(posterior, 0.5).flatten(), z)  # a fresh sample every step
+    kept = draw_latents(posterior, 0.5, flip=False, generator=torch.Generator().manual_seed(1))
+    assert (kept > 0).all()  # evaluation: the image as it is
 
-    import dyt.train  # noqa: F401  (registers the schemas and resolvers)
 
-    _tiny_vae(tmp_path / "vae", blocks=4)  # SD's VAE geometry: 4 channels, ÷8
-    for split in ("train", "val"):  # an ImageFolder tree's layout (check_config looks for it)
-        (tmp_path / split).mkdir()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        bare = compose("train", overrides=[f"experiment={name}", "norm=dyt"])
-        cfg = compose("train", overrides=[f"experiment={name}", "norm=dyt", f"task.data.root={tmp_path}",
-                                          f"task.vae.path={tmp_path / 'vae'}"])
-    with pytest.raises(ValueError, match="task.data.root"):  # never a 400k-step run on the digits by mistake
-        DiTTask(bare.task)
-    assert cfg.task.name == "dit" and cfg.task.size == size
-    optim = cfg.trainer.optim
-    assert optim.lr == 4e-4 and optim.weight_decay == 0 and optim.min_lr_ratio == 1.0 and optim.clip_grad is None
-    assert cfg.trainer.ema_decay == 0.9999 and cfg.trainer.max_steps == 400_000
-    assert cfg.task.model.prediction == "epsilon" and cfg.task.model.learn_sigma
-    assert cfg.task.sample.scheduler == "ddpm" and cfg.task.sample.steps == 250 and cfg.task.sample.cfg_scale == 1
-    assert cfg.task.eval.final_num_samples == 50_000 and cfg.task.eval.fid is True
-    cfg.task.eval.fid = False  # no Inception weights here
-    task = DiTTask(cfg.task)
-    with torch.device("meta"):
-        model = task.build_model()
-    assert model.x_embedder.img_size == (32, 32) and model.in_channels == 4
+def test_center_crop_is_adms_box_halving_then_bicubic_then_floored_centre():
+    from tasks.data.latents import center_crop_arr
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    # 4×4 blocks of one colour: box-halving twice (shorter side 256 ≥ 2 × 64, then 128 ≥ 2 × 64) is exact
+    image = Image.fromarray(blocks.repeat(4, 0).repeat(4, 1))  # 384 × 256 (width × height)
+    out = np.asarray(center_crop_arr(image, 64))
+    assert out.shape == (64, 64, 3) and np.array_equal(out, blocks[:, 16:80])  # (96 − 64) // 2 = 16
+    odd = Image.fromarray(rng.integers(0, 255, (64, 71, 3), dtype=np.uint8))  # no resize needed; 7 // 2 = 3
+    assert np.array_equal(np.asarray(center_crop_arr(odd, 64)), np.asarray(odd)[:, 3:67])
+
+
+# ------------------------------------------------------------------ FID as ADM's evaluator computes it
+
+
+def _random_inception(path: Path) -> Path:
+    """torch-fidelity's InceptionV3 with random weights (He-initialised, so features vary between images),
+    saved where real weights would be: the offline stand-in for weights-inception-2015-12-05-6726825d.pth."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as module
+
+    with mock.patch.object(module.FeatureExtractorInceptionV3, "load_state_dict"), \
+            mock.patch.object(module, "load_state_dict_from_url", return_value={}):
+        torch.manual_seed(0)
+        network = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for layer in network.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    return _random_inception(tmp_path_factory.mktemp("inception") / fid.INCEPTION_FILE)
+
+
+def _adm_reference(path: Path, images: np.ndarray, layer: str) -> Path:
+    """A reference batch in ADM's layout: uint8 NHWC arr_0 and the mu/sigma of its Inception features,
+    computed here with torch-fidelity's network directly and numpy, as ADM's compute_statistics."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    network = FeatureExtractorInceptionV3("inception-v3-compat", [layer],
+                                          feature_extractor_weights_path=str(path.parent / fid.INCEPTION_FILE))
+    with torch.no_grad():
+        activations = network(torch.from_numpy(images).permute(0, 3, 1, 2))[0].numpy()
+    np.savez(path, arr_0=images, mu=activations.mean(0), sigma=np.cov(activations, rowvar=False))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 12 images: a singular covariance
+def test_fid_of_the_reference_batch_against_its_own_statistics_is_zero(inception_weights):
+    # one 2048-d sqrtm (~15–30 s on this machine's one thread): the pool_3 features real runs use
+    images = np.random.default_rng(0).integers(0, 256, (12, 24, 24, 3), dtype=np.uint8)
+    reference = _adm_reference(inception_weights.parent / "ref_2048.npz", images, "2048")
+    features = fid.InceptionFeatures(inception_weights)  # pool_3, 2048-d: the real runs' features
+    mu, sigma = fid.npz_statistics(reference, features)
+    with np.load(reference) as npz:
+        assert np.array_equal(mu, npz["mu"]) and np.array_equal(sigma, npz["sigma"])
+    own = fid.image_statistics(fid.npz_images(reference, batch_size=5), features)  # as samples are scored
+    assert own[0].shape == (2048,) and np.trace(own[1]) > 1e-3
+    assert abs(fid.frechet_distance(*own, mu, sigma)) < 1e-4 * np.trace(sigma)
+
+
+def test_reference_statistics_are_the_stored_moments_else_those_of_arr_0(tmp_path):
+    def colour(images):  # an injected feature network: mean colour, so the expected numbers are plain numpy
+        assert images.dtype == torch.uint8
+        return images.double().mean((2, 3))
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    stored_mu, stored_sigma = np.full(3, 7.0), np.eye(3) * 2
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=stored_mu, sigma=stored_sigma)
+    mu, sigma = fid.npz_statistics(tmp_path / "ref.npz", colour)
+    assert np.array_equal(mu, stored_mu) and np.array_equal(sigma, stored_sigma)  # not the 10k images' own
+    np.savez(tmp_path / "samples.npz", arr_0=images)  # a sample batch: statistics of its images (ADM)
+    activations = images.astype(np.float64).mean((1, 2))
+    mu, sigma = fid.npz_statistics(tmp_path / "samples.npz", colour, batch_size=7)
+    assert np.allclose(mu, activations.mean(0)) and np.allclose(sigma, np.cov(activations, rowvar=False))
+    for rank in (0, 1):  # two processes read every other image, streamed in chunks
+        share = torch.cat(list(fid.npz_images(tmp_path / "samples.npz", rank=rank, world=2, batch_size=4)))
+        assert np.array_equal(share.permute(0, 2, 3, 1).numpy(), images[rank::2])
+    np.savez(tmp_path / "floats.npz", arr_0=images.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        fid.npz_statistics(tmp_path / "floats.npz", colour)
+    np.savez(tmp_path / "other.npz", x=images)
+    with pytest.raises(ValueError, match="mu/sigma nor arr_0"):
+        DiTTask(task_cfg(size="debug", **{"eval.reference": str(tmp_path / "other.npz")}))
+
+
+def test_frechet_distance_and_moments_are_adms():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()  # diagonal covariances
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    rotation = np.linalg.qr(rng.normal(size=(5, 5)))[0]  # invariant under a rotation of both
+    rotated = fid.frechet_distance(rotation @ mu1, rotation @ np.diag(a) @ rotation.T, rotation @ mu2,
+                                   rotation @ np.diag(b) @ rotation.T)
+    assert rotated == pytest.approx(expected, rel=1e-8)
+    # moments: np.mean and np.cov(rowvar=False), summed over two "processes" by `reduce`
+    features = torch.from_numpy(rng.normal(3.0, 2.0, (101, 6)))
+    shards = [fid.FeatureMoments().add(features[:40]), fid.FeatureMoments().add(features[40:])]
+
+    def reduce(totals):
+        key = next(iter(totals))
+        mine = {"count": torch.tensor(float(shards[0].count)), "total": shards[0].total, "outer": shards[0].outer}
+        return {key: mine[key] + totals[key]}
+
+    mu, sigma = shards[1].reduced(reduce).statistics()
+    assert np.allclose(mu, features.mean(0).numpy()) and np.allclose(sigma, np.cov(features.numpy(), rowvar=False))
+
+
+def test_uint8_is_dits_conversion():
+    x = torch.tensor([-1.2, -1.0, -0.999, -0.5, 0.0, 0.003, 0.5, 0.996, 1.0, 1.3]).view(1, 1, 1, -1)
+    expected = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)  # DiT's sample_ddp.py
+    out = fid.to_uint8(x)
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 1, 10) and torch.equal(out[:, 0], expected[:, 0])
+    assert out[0, 0, 0].tolist() == [0, 0, 0, 64, 128, 128, 191, 254, 255, 255]
+
+
+def test_samples_are_scored_as_uint8_with_random_labels(tmp_path, inception_weights, monkeypatch):
+    from scripts.sample_dit import write_sample_npz
+
+    # the stem's 64-d features keep sqrtm cheap (2048-d costs ~15 s here); everything else is the runs' path
+    monkeypatch.setattr(fid, "INCEPTION_FEATURES", "64")
+    images = np.random.default_rng(1).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    reference = _adm_reference(inception_weights.parent / "ref_64.npz", images, "64")
+    task = DiTTask(task_cfg(size="debug", **{"eval.fid": True, "eval.inception_path": str(inception_weights),
+                                             "eval.reference": str(reference), "eval.labels": "random",
+                                             "sample.steps": 2, "sample.batch_size": 4}))
+    assert task.metric_name == "fid"
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    in_run = task.frechet_distance(model, 10)
+    npz = write_sample_npz(task, model, tmp_path / "samples.npz", 10, device="cpu")
+    with np.load(npz) as batch:
+        samples, labels = batch["arr_0"], batch["arr_1"]
+    assert samples.dtype == np.uint8 and samples.shape == (10, 32, 32, 3)
+    # the run scores exactly the uint8 images the npz holds, against the reference's stored mu and sigma
+    features = fid.InceptionFeatures(inception_weights)
+    assert in_run == pytest.approx(fid.npz_fid(npz, reference, features), rel=1e-5)
+    own = fid.image_statistics(fid.npz_images(reference), features)  # the reference images themselves
+    assert abs(fid.frechet_distance(*own, *fid.npz_statistics(reference))) < 1e-3 * in_run
+    # random labels as DiT's sample_ddp.py (uniform draws, here from the sampling generator), not balanced
+    first = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(task.cfg.eval.seed))
+    assert labels[:4].tolist() == first.tolist() and labels.tolist() != list(range(10))
+    with pytest.raises(TypeError, match="uint8"):  # floats never reach the Inception network
+        features(torch.rand(2, 3, 32, 32))
+
+
+def test_dits_250_step_respacing_is_diffusers_linspace():
+    # facebookresearch/DiT diffusion/respace.py space_timesteps(1000, "250"): a stride of 999/249, rounded
+    stride, taken, position = 999 / 249, [], 0.0
+    for _ in range(250):
+        taken.append(round(position))
+        position += stride
+    sched = noise_scheduler("ddpm", learn_sigma=True, spacing="linspace")
+    sched.set_timesteps(250)
+    assert sorted(sched.timesteps.tolist()) == taken
