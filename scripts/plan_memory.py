@@ -67,6 +67,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -308,6 +309,15 @@ class ActivationTrace:
     def with_checkpointing(self) -> int:
         """Outside the units as without; the units' inputs; one unit recomputed for its backward."""
         return self.outside_units + self.unit_inputs + self.largest_unit
+
+    def checkpointing_every(self, k: int) -> int:
+        """Every k-th unit checkpointed (trainer.activation_checkpointing=every_<k>): those keep their input,
+        the others all they save; one checkpointed unit recomputed for its backward."""
+        chosen = set(range(k - 1, len(self.per_unit), k))
+        per_input = self.unit_inputs / max(1, len(self.per_unit))
+        kept = sum(per_input if i in chosen else saved for i, saved in enumerate(self.per_unit))
+        recomputed = max((self.per_unit[i] for i in chosen), default=0)
+        return int(self.outside_units + kept + recomputed)
 
 
 def _storage(t):
@@ -663,6 +673,7 @@ def _assumptions(options, units, unit_path, largest, root, half, precision) -> l
 
 
 def make_plan(argv: list[str]) -> Plan:
+    from dyt.train.parallel import units_of
     from dyt.train.run import native_norm, norm_label
 
     options, overrides = parse_args(argv)
@@ -670,14 +681,17 @@ def make_plan(argv: list[str]) -> Plan:
     notes: list[str] = []
     strategy = options.strategy or cfg.trainer.get("strategy")  # the command line, else the config once it has the key
     checkpointing = options.activation_checkpointing or cfg.trainer.get("activation_checkpointing") or "none"
-    if strategy not in (None, *STRATEGIES) or checkpointing not in CHECKPOINTING:
+    every = re.fullmatch(r"every_([1-9]\d*)", str(checkpointing))
+    if strategy not in (None, *STRATEGIES) or (checkpointing not in CHECKPOINTING and not every):
         raise PlanError(f"trainer.strategy={strategy}, trainer.activation_checkpointing={checkpointing}: use ddp or "
-                        "fsdp, and none or full")
+                        "fsdp, and none, full or every_<k>")
 
     task = planning_task(cfg, notes)
     model, swaps = build_on_meta(cfg, task)
     params = sum(p.numel() for p in model.parameters())
-    unit_path, units = find_units(model)
+    unit_path, units = task.shard_units, units_of(model, task.shard_units)
+    if not units:  # a task that names none: the largest list of same-class blocks
+        unit_path, units = find_units(model)
     unit_params = [sum(p.numel() for p in u.parameters()) for u in units]
     root, largest = params - sum(unit_params), max(unit_params, default=0)
 
@@ -695,6 +709,8 @@ def make_plan(argv: list[str]) -> Plan:
                                 per_unit=[round(u * scale) for u in trace.per_unit],
                                 unit_inputs=round(trace.unit_inputs * scale), scale=scale)
     activations = {"none": trace.without_checkpointing(), "full": trace.with_checkpointing()}
+    if every:
+        activations[checkpointing] = trace.checkpointing_every(int(every.group(1)))
     activation_info = {
         "traced_gib": {"total": trace.total / GIB, "outside_units": trace.outside_units / GIB,
                        "largest_unit": trace.largest_unit / GIB, "unit_inputs": trace.unit_inputs / GIB},
@@ -720,7 +736,7 @@ def make_plan(argv: list[str]) -> Plan:
                          f"micro-batch {micro} × {options.gpus} GPUs: the trainer would refuse it")
     configurations = {}
     for strat in STRATEGIES:
-        for ac in CHECKPOINTING:
+        for ac in activations:
             components = plan_components(params=params, root=root, unit=largest, units=len(units), strategy=strat,
                                          gpus=options.gpus, half_precision=half, activations=activations[ac],
                                          working_set=trace.largest_unit)

@@ -93,7 +93,8 @@ def variational_bound(scheduler, x0, xt, t, eps, v) -> torch.Tensor:
     """DiT's (ADM's) L_vlb term per sample, in bits per dimension: KL(q(x_{t−1}|x_t, x_0) ‖ p(x_{t−1}|x_t))
     for t > 0, the decoder NLL at t = 0. The model's log-variance interpolates between log β_t and the
     clipped posterior log-variance by v ∈ [−1, 1]; ε is detached so only the variance learns from it."""
-    betas, abar = scheduler.betas.double(), scheduler.alphas_cumprod.double()
+    # diffusers' add_noise moves alphas_cumprod to the batch's device and leaves betas where they were
+    betas, abar = scheduler.betas.to(x0.device).double(), scheduler.alphas_cumprod.to(x0.device).double()
     abar_prev = F.pad(abar[:-1], (1, 0), value=1.0)
     post_var = betas * (1 - abar_prev) / (1 - abar)
     post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
@@ -217,7 +218,6 @@ class DiTTask(Task):
         self.real_images = None  # [-1, 1] digits: the classifier's training data and the FD reference
         self.metric, self.metric_name = self._choose_metric()
         self.headline = Headline(f"val/{self.metric_name}" if self.metric_name else "val/loss", higher_is_better=False)
-        self.last_eval_model = None
         self._features = None  # the Fréchet distance's feature network, built at the first evaluation
         self._reference = None  # (mu, sigma) of the reference
 
@@ -317,14 +317,13 @@ class DiTTask(Task):
         x0 = self.inputs(x)  # real data: a random flip and a fresh posterior sample, from the training RNG
         t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), device=x0.device)
         loss, mse = self.diffusion_loss(model, x0, y, t, torch.randn_like(x0))
-        return loss.mean(), {"mse": mse.mean().item()}
+        return loss.mean(), {"mse": mse.mean().detach()}
 
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, model, batches, reduce):
         """Val loss at fixed noise and timesteps (comparable across evaluations, and across runs with the same number of processes), then the
         Fréchet distance of `eval.num_samples` samples (`eval.final_num_samples` at the last step)."""
-        self.last_eval_model = model
         totals = {"loss": 0.0, "mse": 0.0, "count": 0.0}
         for i, (x, y) in enumerate(batches):
             generator = torch.Generator(x.device).manual_seed(10_000 * self.cfg.eval.seed + i)
@@ -469,10 +468,10 @@ class DiTTask(Task):
         return path
 
     def on_run_end(self, model, run_dir, tracker) -> None:
+        """The sample grid, from the model the trainer passes: the EMA weights when there is an EMA."""
         from accelerate.utils import extract_model_from_parallel
 
-        # the trainer passes the raw weights; the last evaluation saw the EMA weights when there is an EMA
-        model = extract_model_from_parallel(self.last_eval_model or model).eval()
+        model = extract_model_from_parallel(model).eval()
         path = self.write_grid(model, Path(run_dir) / "samples.png")
         tracker.log_image("samples", path, self.step + 1)
         log.info("sample grid: %s", path)

@@ -18,8 +18,10 @@ from dyt.train.task import Headline, Task
 # size → (timm model name, overrides); CPU sizes are shaped for 28×28 digits
 SIZES = {
     "vit": {
-        "debug": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=32, depth=2, num_heads=2)),
-        "cpu": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2)),
+        # the CPU sizes leave out the class token (their results were measured so); the paper's keep timm's
+        "debug": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=32, depth=2, num_heads=2, class_token=False)),
+        "cpu": ("vit_tiny_patch16_224", dict(patch_size=7, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2,
+                                             class_token=False)),
         "S": ("vit_small_patch16_224", {}),
         "B": ("vit_base_patch16_224", {}),
         "L": ("vit_large_patch16_224", {}),
@@ -60,6 +62,9 @@ class ImageClassification(Task):
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES[cfg.family]:
             raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.family}; known: {', '.join(SIZES[cfg.family])}")
+        if cfg.data.get("require_root") and not cfg.data.root:
+            raise ConfigError("task.data.root is required by this paper row (ImageNet); add "
+                              "task.data.root=/path/to/imagenet with train/ and val/")
         if cfg.data.root:
             for split in ("train", "val"):
                 if not (Path(cfg.data.root) / split).is_dir():
@@ -70,8 +75,9 @@ class ImageClassification(Task):
         name, preset = SIZES[self.cfg.family][self.cfg.size]
         kwargs = {**preset, **(self.cfg.model.get("kwargs") or {})}
         if self.cfg.family == "vit":
-            # the paper's ViTs pool by global average, not a class token
-            kwargs = {"img_size": self.image_size, "global_pool": "avg", "class_token": False, **kwargs}
+            # the paper's ViTs pool by global average over the patch tokens (the class token stays in the
+            # sequence, left out of the pool: jiachenzhu/DyT main.py, create_model(global_pool='avg'))
+            kwargs = {"img_size": self.image_size, "global_pool": "avg", **kwargs}
         return timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
                                  drop_path_rate=self.cfg.model.drop_path_rate, **kwargs)
 
@@ -102,7 +108,8 @@ class ImageClassification(Task):
 
         augment = self.cfg.augment
         train_tf = create_transform(self.image_size, is_training=True, auto_augment=augment.randaug or None,
-                                    re_prob=augment.random_erasing, interpolation="bicubic")
+                                    re_prob=augment.random_erasing, re_mode=augment.random_erasing_mode,
+                                    interpolation="bicubic")
         val_tf = create_transform(self.image_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
         return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
 
@@ -114,7 +121,7 @@ class ImageClassification(Task):
             return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean(), {}
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.augment.label_smoothing)
-        return loss, {"acc": (logits.argmax(-1) == labels).float().mean().item()}
+        return loss, {"acc": (logits.argmax(-1) == labels).float().mean()}
 
     def eval_step(self, model, batch):
         images, labels = batch

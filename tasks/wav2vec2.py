@@ -150,6 +150,7 @@ class Wav2Vec2Pretraining(Task):
         self.feature_penalty = cfg.feature_penalty if cfg.feature_penalty is not None else (
             10.0 if self.front_end == "conv" else 0.0)
         self.norm_exclude = tuple(cfg.keep_norms)
+        self.unused_parameters = self.config.layerdrop > 0  # a dropped layer gets no gradient in that step
         # pre-LN (Large): the encoder's LayerNorm comes after the last block although it is registered before
         self.norm_roles = {r"encoder\.layer_norm$": "final"} if self.config.do_stable_layer_norm else None
         self.temperature = cfg.gumbel.max
@@ -264,7 +265,7 @@ class Wav2Vec2Pretraining(Task):
     def loss(self, model, batch):
         losses = self._losses(model, batch)
         logged = ("contrastive", "chance", "below_chance", "accuracy", "prob_ppl", "code_ppl", "feature_pen")
-        metrics = {k: float(losses[k].detach()) for k in logged}
+        metrics = {k: losses[k].detach() for k in logged}
         return losses["loss"], {**metrics, "temperature": self.temperature}
 
     def eval_step(self, model, batch):

@@ -13,7 +13,8 @@ TINY = ["task.size=debug", "trainer.max_steps=1", "trainer.global_batch_size=nul
         "trainer.batch_size=4", "trainer.mixed_precision=no", "trainer.num_workers=0", "trainer.eval_every=1",
         "trainer.max_eval_batches=1", "logger=none"]
 # per task: switches that demand local files at start (DiT: ImageNet, Inception weights) off, sampling tiny
-TASK_TINY = {"dit": ["task.data.require_root=false", "task.eval.fid=false", "task.grid.classes=null",
+TASK_TINY = {"vit": ["task.data.require_root=false"], "convnext": ["task.data.require_root=false"],
+             "dit": ["task.data.require_root=false", "task.eval.fid=false", "task.grid.classes=null",
                      "task.grid.per_class=1", "task.sample.steps=2"],
              # the paper's windows (1,024 and 131,072 bp) at the debug model's 256-position context
              "hyenadna": ["task.data.require_real_data=false", "task.data.seq_len=64"],

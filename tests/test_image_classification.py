@@ -38,6 +38,9 @@ def test_image_folder_with_the_paper_augmentations_and_ema(tmp_path):
               "trainer.ema_decay=0.9", "trainer.batch_size=4", "trainer.max_steps=3", "trainer.eval_every=3")
     result = summary(run_dir)
     assert result["status"] == "completed" and 0 <= result["headline"]["value"] <= 1
+    # the trained and the averaged weights are both evaluated, as the official vision code does
+    assert {"val/acc", "val/loss", "val_ema/acc", "val_ema/loss"} <= set(result["final"])
+    assert result["headline"]["ema_value"] == result["final"]["val_ema/acc"] == result["headline"]["ema_best"]
 
 
 def test_image_folder_without_a_split_fails_clearly(tmp_path):

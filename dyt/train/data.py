@@ -82,10 +82,12 @@ class SeededSamples(Dataset):
             random.setstate(python_state)
 
 
-def _loader_options(num_workers: int) -> dict:
-    # pinned host memory makes host-to-GPU copies asynchronous; workers kept alive between epochs
+def _loader_options(num_workers: int, seed: int) -> dict:
+    # pinned host memory makes host-to-GPU copies asynchronous; workers kept alive between epochs; the loader's
+    # own generator: making an iterator draws a worker base seed from it, never from the training RNG (whose
+    # state a checkpoint restores, so a draw at resume would shift every random number after it)
     return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
-            "persistent_workers": num_workers > 0}
+            "persistent_workers": num_workers > 0, "generator": torch.Generator().manual_seed(seed)}
 
 
 def train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, world: int, collate_fn=None,
@@ -98,10 +100,10 @@ def train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, wor
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         return StatefulDataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, drop_last=True,
-                                  **_loader_options(num_workers))
+                                  **_loader_options(num_workers, seed))
     sampler = EpochSampler(len(dataset), batch_size, seed=seed, rank=rank, world=world)
     return DataLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                      drop_last=True, **_loader_options(num_workers))
+                      drop_last=True, **_loader_options(num_workers, seed))
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip: int):

@@ -129,7 +129,8 @@ class Trainer:
         if self.ema is not None and not self.sharded:
             acc.register_for_checkpointing(self.ema)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.best: dict[str, float] = {}
+        self.best: dict[str, float] = {}  # the evaluation with the best headline value (trained weights)
+        self.best_ema: dict[str, float] = {}  # … with the best headline value of the EMA weights
         self.last_eval: dict[str, float] = {}
         self.train_seconds = 0.0
         self.streamed = hasattr(self.train_dl, "state_dict")  # torchdata's StatefulDataLoader: an iterable stream
@@ -150,11 +151,11 @@ class Trainer:
 
     def _state(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-                "last_eval": self.last_eval, "train_seconds": self.train_seconds}
+                "best_ema": self.best_ema, "last_eval": self.last_eval, "train_seconds": self.train_seconds}
 
     def _restore(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best, self.last_eval = state["best"], state["last_eval"]
+        self.best, self.best_ema, self.last_eval = state["best"], state.get("best_ema", {}), state["last_eval"]
         self.train_seconds = state["train_seconds"]
 
     def _micro_batches(self):
@@ -346,17 +347,24 @@ class Trainer:
                 metrics.update(self._evaluate_weights("val_ema"))
         self.model.train()
         self.last_eval = metrics
-        headline = self.task.headline
-        value = metrics.get(headline.name)
-        if value is not None and math.isfinite(value):
-            best = self.best.get(headline.name)
-            better = best is None or (value > best if headline.higher_is_better else value < best)
-            if better:
-                self.best = {**metrics, "step": self.step}
+        if self._better(metrics, self.best, self.task.headline.name):
+            self.best = {**metrics, "step": self.step}
+        if self.ema is not None and self._better(metrics, self.best_ema, self._ema_headline):
+            self.best_ema = {**metrics, "step": self.step}
         self.tracker.log(metrics, self.step)
         if self.accelerator.is_main_process:
             text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             (bar.write if bar is not None else log.info)(f"step {self.step}  {text}")
+
+    @property
+    def _ema_headline(self) -> str:
+        return "val_ema/" + self.task.headline.name.split("/", 1)[1]
+
+    def _better(self, metrics: dict, best: dict, name: str) -> bool:
+        value, previous = metrics.get(name), best.get(name)
+        if value is None or not math.isfinite(value):
+            return False
+        return previous is None or (value > previous if self.task.headline.higher_is_better else value < previous)
 
     def _evaluate_weights(self, prefix: str) -> dict[str, float]:
         acc = self.accelerator
@@ -420,6 +428,10 @@ class Trainer:
             "headline": {"name": headline.name, "value": final, "best": self.best.get(headline.name),
                          "higher_is_better": headline.higher_is_better},
         }
+        if self.ema is not None:  # the official vision code reports the best of each
+            summary["best_ema"] = self.best_ema
+            summary["headline"].update(ema_value=self.last_eval.get(self._ema_headline),
+                                       ema_best=self.best_ema.get(self._ema_headline))
         if self.accelerator.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
             self.tracker.summary({"status": status, "steps": self.step, "headline": final})

@@ -145,7 +145,7 @@ class GenomeTask(Task):
         logits, targets = self._outputs(model, batch)
         loss = F.cross_entropy(logits.float(), targets)
         keep = targets != -100
-        acc = (logits.argmax(-1)[keep] == targets[keep]).float().mean().item()
+        acc = (logits.argmax(-1)[keep] == targets[keep]).float().mean()
         return loss, {"acc": acc}
 
     def eval_step(self, model, batch):
