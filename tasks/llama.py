@@ -5,9 +5,16 @@ RMSNorm → DyT without β (the converter keeps a layer's bias-ness) with α₀ 
 attention-block norm, `post_attention_layernorm` the FFN-block norm, `model.norm` the final norm. With a
 DyT-like norm the embedding output is multiplied by one learnable scalar initialised to √d, as in the paper's
 LLaMA code; the RMSNorm baseline has none.
+
+Initialisation (`task.model.init`): `fms_fsdp`, the paper's codebase (foundation-model-stack/fms-fsdp over
+foundation-model-stack's modules): every matrix, the embedding and the head drawn from torch's truncated normal
+with std 0.02 and its default bounds ±2 (absolute, so ±100σ: in effect an untruncated normal); or `scaled`,
+std width^-½ (Meta's lingua), the CPU default's. The α₀ the paper tuned is relative to fms_fsdp's: with the √d
+scale the embedding enters the first DyT at RMS 0.02·√d (1.28 at 7B, 1.43 at 13B, 1.81 at 34B / 70B).
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -39,14 +46,41 @@ SIZES = {
                 num_key_value_heads=8, vocab_size=32000),
 }
 DYT_LIKE = ("dyt", "derf")
+INITS = ("fms_fsdp", "scaled")
+# foundation-model-stack fms/modules/{attention,feedforward,embedding}.py reset_parameters:
+# nn.init.trunc_normal_(weight, mean=0.0, std=0.02), torch's default bounds a=-2, b=2
+FMS_FSDP_STD = 0.02
+FMS_FSDP_BOUNDS = (-2.0, 2.0)
+
+# a run's config.yaml from before these keys (scripts rebuild models from it) meant the scaled init, HF's ε
+LEGACY_INIT, LEGACY_RMS_NORM_EPS = "scaled", 1e-6
+
+log = logging.getLogger(__name__)
+
+
+def init_of(cfg) -> str:
+    return cfg.model.get("init", LEGACY_INIT)
 
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf  # exp overflows a float beyond ~709; nan stays nan
 
 
+def fms_fsdp_init_(model: nn.Module) -> None:
+    """fms-fsdp's LLaMA init in place: every Linear (attention, MLP, head) and Embedding weight from a truncated
+    normal of std 0.02 with bounds ±2, biases (LLaMA has none) zero; norm weights stay as built (ones)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=FMS_FSDP_STD, a=FMS_FSDP_BOUNDS[0], b=FMS_FSDP_BOUNDS[1])
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class ScaledEmbedding(nn.Embedding):
-    """`embed(x)·s` with one learnable scalar s: without it DyT's early activations are too small."""
+    """`embed(x)·s` with one learnable scalar s: without it DyT's early activations are too small.
+
+    s has shape (1,), as the paper's `shared_scale` (jiachenzhu/DyT other_tasks/LLaMA/fms_fsdp/models/llama.py):
+    FSDP2's `fully_shard` rejects 0-dim parameters. Checkpoints written when s was 0-dim still load."""
 
     @classmethod
     def wrap(cls, embedding: nn.Embedding, scale: float) -> "ScaledEmbedding":
@@ -55,8 +89,16 @@ class ScaledEmbedding(nn.Embedding):
         with torch.device("meta"):
             scaled = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
         scaled.weight = embedding.weight
-        scaled.scale = nn.Parameter(torch.full((), scale, device=embedding.weight.device, dtype=embedding.weight.dtype))
+        scaled.scale = nn.Parameter(torch.full((1,), scale, device=embedding.weight.device, dtype=embedding.weight.dtype))
         return scaled
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the load shim: a 0-dim scale from an older checkpoint becomes shape (1,) (load_state_dict hands each
+        # module a copy of the dict, so rewriting the entry is the usual way: BatchNorm does it too)
+        key = prefix + "scale"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return super().forward(input_ids) * self.scale
@@ -75,8 +117,8 @@ class Llama(Task):
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
-        if cfg.data.streaming and not cfg.data.path:
-            raise ConfigError("task.data.streaming=true streams local files: give task.data.path=<file or folder>")
+        if init_of(cfg) not in INITS:
+            raise ConfigError(f"task.model.init={init_of(cfg)} is unknown; use {' or '.join(INITS)}")
         if cfg.data.seq_len < 2:
             raise ConfigError(f"task.data.seq_len={cfg.data.seq_len} must be at least 2 (a token and its next)")
 
@@ -89,11 +131,15 @@ class Llama(Task):
     def model_config(self):
         from transformers import LlamaConfig
 
-        size = SIZES[self.cfg.size]
-        # every matrix and the embedding drawn with std width^-½ (Meta's lingua) rather than HF's fixed 0.02:
-        # the √d scale then starts DyT's input at unit variance at any width; with 0.02 a CPU-width DyT
-        # stalls at the unigram loss (0.02 ≈ width^-½ only near the paper's 7B width of 4096)
-        fields = {"initializer_range": size["hidden_size"] ** -0.5, **size, **(self.cfg.model.get("overrides") or {})}
+        fields = {**SIZES[self.cfg.size], **(self.cfg.model.get("overrides") or {})}
+        # `scaled`: every matrix and the embedding drawn with std width^-½ (Meta's lingua) rather than 0.02: the √d
+        # scale then starts DyT's input at unit variance at any width (0.02 ≈ width^-½ only near the paper's 7B
+        # width of 4096); with 0.02 the CPU default's DyT ends at val loss 6.56 against 5.17 (RMSNorm 5.59 against
+        # 5.43; README's LLaMA section). `fms_fsdp`: 0.02, the paper's, drawn truncated in build_model (HF's own
+        # init draws an untruncated normal).
+        scaled = init_of(self.cfg) == "scaled"
+        fields = {"initializer_range": fields["hidden_size"] ** -0.5 if scaled else FMS_FSDP_STD,
+                  "rms_norm_eps": self.cfg.model.get("rms_norm_eps", LEGACY_RMS_NORM_EPS), **fields}
         if "vocab_size" not in fields:
             fields["vocab_size"] = len(self.corpus.tokenizer)
         return LlamaConfig(max_position_embeddings=self.seq_len, tie_word_embeddings=False, **fields)
@@ -105,6 +151,8 @@ class Llama(Task):
         config = self.model_config()
         self.vocab_size = config.vocab_size
         model = LlamaForCausalLM(config)
+        if init_of(self.cfg) == "fms_fsdp":
+            fms_fsdp_init_(model)
         self.flops_per_sample = self.flops_per_token(model) * self.seq_len
         return model
 
@@ -123,6 +171,9 @@ class Llama(Task):
     def build_data(self):
         from accelerate import PartialState
 
+        if self.cfg.data.streaming and not self.cfg.data.path:
+            log.warning("task.data.streaming=true streams a local corpus (task.data.path); the embedded text is "
+                        "small and is tokenized to a file instead")
         tokens = len(self.corpus.tokenizer)
         if tokens > self.vocab_size:
             raise ValueError(f"the tokenizer has {tokens} tokens but task.size={self.cfg.size} has a vocabulary "

@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
     label = norm_label(cfg.norm, native=built.native)
     group = cfg.get("group") or (sweep.dir.name if sweep else f"{task.name}-{cfg.task.get('size', 'default')}")
     run_info = {"task": task.name, "size": cfg.task.get("size"), "norm": label, "norm_type": cfg.norm.type,
-                "alpha_init": OmegaConf.to_container(cfg.norm).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
+                "alpha_init": OmegaConf.to_container(cfg.norm, resolve=True).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
                 "seed": cfg.seed, "group": group, "params": n_params, "norms_replaced": len(swaps.replaced),
                 "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
