@@ -11,11 +11,12 @@ from .layers import (
     LayerNorm2d,
     PointwiseNorm,
     RMSNorm2d,
+    ScaledEmbedding,
 )
 from .optim import param_groups
 
 __all__ = [
     "KERNELS", "NORM_TYPES", "Derf", "DynamicHardTanh", "DynamicSigmoid", "DynamicTanh", "LayerNorm2d", "PointwiseNorm",
-    "RMSNorm2d", "Swap", "SwapList", "auto_alpha", "convert", "describe_norm", "dynamic_tanh", "format_swaps",
+    "RMSNorm2d", "ScaledEmbedding", "Swap", "SwapList", "auto_alpha", "convert", "describe_norm", "dynamic_tanh", "format_swaps",
     "get_default_kernel", "param_groups", "pointwise_norm", "set_default_kernel",
 ]

@@ -114,7 +114,13 @@ def _single_input(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def _probe(module: nn.Module, size: int) -> NormInfo | None:
-    """Run a CPU float32 copy with random γ, β on probe inputs; name the norm whose formula it matches."""
+    """Run a CPU float32 copy with random γ, β on probe inputs; name the norm whose formula it matches. On the
+    CPU whatever the default device (transformers builds models under `torch.device("meta")`)."""
+    with torch.device("cpu"):
+        return _probe_on_cpu(module, size)
+
+
+def _probe_on_cpu(module: nn.Module, size: int) -> NormInfo | None:
     probe = copy.deepcopy(module).to_empty(device="cpu").float()
     gen = torch.Generator().manual_seed(0)
     weight, bias = getattr(probe, "weight", None), getattr(probe, "bias", None)

@@ -186,3 +186,34 @@ class RMSNorm2d(nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class ScaledEmbedding(nn.Embedding):
+    """`embed(x)·s` with one learnable scalar s: without it DyT's early activations are too small.
+
+    s has shape (1,), as the paper's `shared_scale` (jiachenzhu/DyT other_tasks/LLaMA/fms_fsdp/models/llama.py):
+    FSDP2's `fully_shard` rejects 0-dim parameters. Checkpoints written when s was 0-dim still load."""
+
+    @classmethod
+    def wrap(cls, embedding: nn.Embedding, scale: float) -> "ScaledEmbedding":
+        # built on the meta device and handed the existing weight: no memory, and no draw from the RNG,
+        # so a DyT run keeps the non-norm weights of the RMSNorm run with the same seed
+        with torch.device("meta"):
+            scaled = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
+        scaled.weight = embedding.weight
+        scaled.scale = nn.Parameter(torch.full((1,), scale, device=embedding.weight.device, dtype=embedding.weight.dtype))
+        return scaled
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the load shim: a 0-dim scale from an older checkpoint becomes shape (1,) (load_state_dict hands each
+        # module a copy of the dict, so rewriting the entry is the usual way: BatchNorm does it too)
+        key = prefix + "scale"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, learnable scale"

@@ -133,8 +133,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             overrides.append(arg)
     if strategy is not None and strategy not in STRATEGIES:
         raise PlanError(f"trainer.strategy={strategy} is unknown; use ddp or fsdp")
-    if checkpointing is not None and checkpointing not in CHECKPOINTING:
-        raise PlanError(f"trainer.activation_checkpointing={checkpointing} is unknown; use none or full")
+    if checkpointing is not None and not re.fullmatch(r"none|full|every_[1-9]\d*", checkpointing):
+        raise PlanError(f"trainer.activation_checkpointing={checkpointing} is unknown; use none, full or every_<k>")
     if options.activation_checkpointing and checkpointing and options.activation_checkpointing != checkpointing:
         raise PlanError(f"--activation-checkpointing {options.activation_checkpointing} contradicts "
                         f"trainer.activation_checkpointing={checkpointing}; give one")
@@ -186,8 +186,13 @@ def planning_task(cfg, notes: list[str]):
     from omegaconf import OmegaConf
 
     task_cfg = OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))  # a copy the plan may edit
-    for key in _fill_missing(task_cfg, PLAN_ONLY_ROOT):
-        notes.append(f"task.{key} is required by this config; planned as real data without reading it")
+    required = [k.removeprefix("task.") for k in cfg.get("required") or [] if k.startswith("task.")]
+    for key in required:  # a paper row's real data (`required:`), unset: planned as given, never read
+        if OmegaConf.select(task_cfg, key) is None:
+            OmegaConf.update(task_cfg, key, PLAN_ONLY_ROOT)
+    for key in [*required, *_fill_missing(task_cfg, PLAN_ONLY_ROOT)]:
+        if OmegaConf.select(task_cfg, key) == PLAN_ONLY_ROOT:
+            notes.append(f"task.{key} is required by this config; planned as real data without reading it")
     cls = get_class(task_cfg._target_)
     make = {"Llama": _llama_task, "DiTTask": _dit_task}.get(cls.__name__, lambda cls, task_cfg, notes: cls(task_cfg))
     try:
@@ -764,7 +769,10 @@ def verdict(plan: Plan, key: str, width: int = 0) -> str:
     """`FSDP, full activation checkpointing: fits in 80 GiB: yes (28.5 of 80 GiB)`."""
     config = plan.configurations[key]
     strategy, ac = key.split("/")
-    label = f"{strategy.upper()}, {'full' if ac == 'full' else 'no'} activation checkpointing:"
+    if ac in ("full", "none"):
+        label = f"{strategy.upper()}, {'full' if ac == 'full' else 'no'} activation checkpointing:"
+    else:
+        label = f"{strategy.upper()}, activation checkpointing of one unit in {ac.split('_')[1]}:"
     return (f"{label:<{width}} fits in {plan.gpu_mem_gib:g} GiB: {'yes' if config['fits'] else 'no'} "
             f"({config['total_gib']:.1f} of {plan.gpu_mem_gib:g} GiB)")
 

@@ -62,9 +62,6 @@ class ImageClassification(Task):
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES[cfg.family]:
             raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.family}; known: {', '.join(SIZES[cfg.family])}")
-        if cfg.data.get("require_root") and not cfg.data.root:
-            raise ConfigError("task.data.root is required by this paper row (ImageNet); add "
-                              "task.data.root=/path/to/imagenet with train/ and val/")
         if cfg.data.root:
             for split in ("train", "val"):
                 if not (Path(cfg.data.root) / split).is_dir():

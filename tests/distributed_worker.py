@@ -24,7 +24,7 @@ TASKS = {
     "llama": ["task=llama", "task.data.seq_len=32"],
     "dit": ["task=dit", "task.sample.steps=2", "task.eval.num_samples=8", "task.eval.final_num_samples=8",
             "task.grid.per_class=1", "task.grid.classes=[0,1]"],
-    "wav2vec2": ["task=wav2vec2", "task.data.train_sentences=8", "task.data.val_sentences=4"],
+    "wav2vec2": ["task=wav2vec2", "task.data.train_sentences=8", "task.data.val_sentences=8", "trainer.batch_size=1"],
     "hyenadna": ["task=hyenadna", "task.data.seq_len=128"],
     "caduceus": ["task=caduceus", "task.data.seq_len=64"],
 }
@@ -38,7 +38,7 @@ def every_task(out: Path) -> None:
 
     results = {}
     for name, overrides in TASKS.items():
-        cfg = compose_cfg(*overrides, *COMMON, run_dir=str(out / name))
+        cfg = compose_cfg(*COMMON, *overrides, run_dir=str(out / name))
         summary = train(cfg)
         results[name] = {"status": summary["status"], "steps": summary["steps"]}
     if dist.get_rank() == 0:

@@ -13,7 +13,7 @@ TINY = ["task.size=debug", "trainer.max_steps=1", "trainer.global_batch_size=nul
         "trainer.batch_size=4", "trainer.mixed_precision=no", "trainer.num_workers=0", "trainer.eval_every=1",
         "trainer.max_eval_batches=1", "logger=none"]
 # per task: switches that demand local files at start (DiT: ImageNet, Inception weights) off, sampling tiny
-TASK_TINY = {"vit": ["task.data.require_root=false"], "convnext": ["task.data.require_root=false"],
+TASK_TINY = {"llama": ["trainer.compile=false", "trainer.strategy=ddp"],
              "dit": ["task.data.require_root=false", "task.eval.fid=false", "task.grid.classes=null",
                      "task.grid.per_class=1", "task.sample.steps=2"],
              # the paper's windows (1,024 and 131,072 bp) at the debug model's 256-position context
@@ -49,7 +49,7 @@ def test_experiment_composes_and_trains_one_step(experiment, tmp_path):
     cfg = compose_cfg(f"experiment={experiment}", *TINY)
     missing = _missing_keys(cfg)
     assert all(k.startswith("task.") for k in missing), missing
-    cfg = compose_cfg(f"experiment={experiment}", *TINY, *(f"{k}=null" for k in missing),
+    cfg = compose_cfg(f"experiment={experiment}", *TINY, "required=[]", *(f"{k}=null" for k in missing),
                       *TASK_TINY.get(cfg.task.name, []), run_dir=str(tmp_path))
     validate(cfg)
     result = train(cfg)

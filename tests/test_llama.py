@@ -7,6 +7,7 @@ import json
 import math
 import random
 import resource
+import shutil
 from itertools import islice
 
 import numpy as np
@@ -177,12 +178,74 @@ def test_jsonl_folder_streams_with_a_local_tokenizer(tmp_path, jsonl_folder):
     assert windows(shares[0]) != first
 
     run_dir = tmp_path / "run"
-    run_train(run_dir, "task=llama", "norm=dyt", *TINY_TEXT, *streamed, "trainer.max_steps=12", "trainer.log_every=4",
-              "trainer.eval_every=12", "trainer.optim.lr=1e-2", DYT_CACHE_DIR=str(tmp_path / "run-cache"))
+    args = ["task=llama", "norm=dyt", *TINY_TEXT, *streamed, "trainer.max_steps=12", "trainer.log_every=1",
+            "trainer.eval_every=12", "trainer.ckpt_every=6", "trainer.optim.lr=1e-2"]
+    run_train(run_dir, *args, DYT_CACHE_DIR=str(tmp_path / "run-cache"))
     result = summary(run_dir)
     assert result["status"] == "completed" and result["steps"] == 12
     assert math.isfinite(result["final"]["val/loss"])
     assert not (tmp_path / "run-cache" / "tokens").exists()  # streamed: nothing tokenized up front
+
+    # resumed from step 6, the stream goes on from its saved position: the same windows, the same losses
+    losses = [r["train/loss"] for r in metrics(run_dir) if "train/loss" in r]
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000012")
+    (run_dir / "summary.json").unlink()
+    rerun = run_train(run_dir, *args, DYT_CACHE_DIR=str(tmp_path / "run-cache"))
+    assert "resumed from" in rerun.stdout + rerun.stderr
+    assert [r["train/loss"] for r in metrics(run_dir) if "train/loss" in r] == losses
+
+
+class CountingTokenizer:
+    """A tokenizer that remembers every text it was given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, **kwargs):
+        self.texts += texts
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_resumed_stream_reads_no_document_twice_and_ranks_read_disjoint_files(tmp_path, jsonl_folder):
+    """Each reader (process) takes whole files; a reader restored from its state_dict after N batches
+    tokenizes exactly the documents an uninterrupted reader tokenizes after them, and none before."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from tasks.data.text import StreamedWindows, TextCorpus, held_out_documents
+
+    corpus = TextCorpus(config(f"task.data.cache_dir={tmp_path}", f"task.data.path={jsonl_folder}",
+                               "task.data.text_field=content", "task.data.streaming=true", *TINY_TEXT).task.data)
+    documents = corpus.documents
+    _, skip = held_out_documents(documents, 20)
+
+    def reader(rank, world=2):
+        tokenizer = CountingTokenizer(corpus.tokenizer)
+        dataset = StreamedWindows(documents, "content", tokenizer, 32, seed=0, shuffle_buffer=16, rank=rank,
+                                  world=world, skip=skip)
+        return dataset, tokenizer, StatefulDataLoader(dataset, batch_size=4)
+
+    _, whole_reads, whole = reader(0)
+    batches = iter(whole)
+    uninterrupted = [next(batches) for _ in range(30)]
+    _, first_reads, first = reader(0)
+    batches = iter(first)
+    before = [next(batches) for _ in range(12)]
+    state = first.state_dict()
+    _, second_reads, second = reader(0)
+    second.load_state_dict(state)
+    batches = iter(second)
+    after = [next(batches) for _ in range(18)]
+    assert all(torch.equal(a, b) for a, b in zip(before + after, uninterrupted))
+    assert first_reads.texts + second_reads.texts == whole_reads.texts  # nothing read twice, nothing skipped
+    assert not set(first_reads.texts) & set(second_reads.texts)
+
+    _, other_reads, other = reader(1)
+    batches = iter(other)
+    [next(batches) for _ in range(30)]
+    assert other_reads.texts and not set(other_reads.texts) & set(whole_reads.texts)  # disjoint files
 
 
 # ---------------------------------------------------------------- sweeps

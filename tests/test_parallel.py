@@ -22,24 +22,37 @@ def _losses(run_dir) -> list[float]:
     return [r["train/loss"] for r in metrics(run_dir) if "train/loss" in r]
 
 
+def _kill_everything_of(run_dir) -> None:
+    """SIGKILL every process whose command line names the run folder (torchrun starts each rank in a session
+    of its own, so killing the launcher's process group would leave the ranks training)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(run_dir) in part for part in process.info["cmdline"] or []):
+            process.send_signal(signal.SIGKILL)
+
+
 def _torchrun(run_dir, *overrides, **kwargs):
     return run_train(run_dir, *overrides, launcher=TORCHRUN, timeout=600, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory):
-    """A tiny DyT LLaMA, 10 steps on 2 processes: DDP, and FSDP with activation checkpointing."""
+    """A tiny DyT LLaMA, 10 steps on 2 processes: DDP, FSDP with activation checkpointing, and HSDP as two
+    replicas of one shard each."""
     root = tmp_path_factory.mktemp("llama")
     common = [*TINY_LLAMA, "trainer.max_steps=10", "trainer.log_every=1", "trainer.eval_every=10"]
     _torchrun(root / "ddp", *common, "trainer.strategy=ddp")
     _torchrun(root / "fsdp", *common, "trainer.strategy=fsdp", "trainer.activation_checkpointing=full")
+    _torchrun(root / "hsdp", *common, "trainer.strategy=hsdp", "trainer.shard_size=1")
     return root
 
 
 def test_fsdp_with_activation_checkpointing_trains_as_ddp_does(llama_runs):
-    ddp, fsdp = _losses(llama_runs / "ddp"), _losses(llama_runs / "fsdp")
+    ddp, fsdp, hsdp = _losses(llama_runs / "ddp"), _losses(llama_runs / "fsdp"), _losses(llama_runs / "hsdp")
     assert len(ddp) == len(fsdp) == 10
     assert fsdp == pytest.approx(ddp, abs=1e-6, rel=0)
+    assert hsdp == pytest.approx(ddp, abs=1e-6, rel=0)
     assert "fsdp: 2 units sharded over 2 processes" in (llama_runs / "fsdp" / "train.log").read_text()
     # α is one scalar per layer, sharded like every other parameter and gathered for the log
     alphas = [r for r in metrics(llama_runs / "fsdp") if "alpha/model.norm" in r]
@@ -120,14 +133,12 @@ def test_sharded_run_with_data_workers_killed_and_resumed_equals_an_uninterrupte
     command = [*TORCHRUN, str(ROOT / "train.py"), *args, "logger=none", "trainer.progress=log",
                f"hydra.run.dir={interrupted}"]
     process = subprocess.Popen(command, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "step_00000010" / MARKER).exists():
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
-    import os
-
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
+    _kill_everything_of(interrupted)  # the launcher, both ranks and their data workers, as a node failure would
     process.wait()
     assert not (interrupted / "summary.json").exists()
     _torchrun(interrupted, *args)

@@ -70,7 +70,7 @@ def test_augmentation(row):
 
 def test_a_row_without_imagenet_stops_at_start(row):
     name, _, _ = row
-    with pytest.raises(ConfigError, match="task.data.root is required"):
+    with pytest.raises(ConfigError, match=r"task\.data\.root is required by this paper row"):
         validate(compose_cfg(f"experiment={name}"))
 
 

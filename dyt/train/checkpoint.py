@@ -101,7 +101,7 @@ def load_checkpoint(accelerator, path: Path, *, model=None, optimizer=None, ema=
     """Restore model, optimizer, EMA and RNG states in place; returns (trainer state, this rank's data state)."""
     rank = accelerator.process_index
     if sharded != is_sharded_checkpoint(path):
-        written, asked = ("fsdp", "ddp") if is_sharded_checkpoint(path) else ("ddp", "fsdp")
+        written, asked = ("fsdp or hsdp", "ddp") if is_sharded_checkpoint(path) else ("ddp", "fsdp or hsdp")
         raise ValueError(f"{path} was written with trainer.strategy={written}; resume it with that strategy "
                          f"(not {asked}), or start a new run from its weights with init_from={path}")
     if sharded:
@@ -128,9 +128,13 @@ def model_weights(path: Path) -> dict:
     (for `init_from`, the plotting and sampling scripts, the export)."""
     path = Path(path)
     if is_sharded_checkpoint(path):
+        import warnings
+
         from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-        state = _load_state_dict_from_keys("model", checkpoint_id=str(path))["model"]
+        with warnings.catch_warnings():  # "… assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            state = _load_state_dict_from_keys("model", checkpoint_id=str(path))["model"]
         return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
     safetensors = path / "model.safetensors"
     if safetensors.exists():

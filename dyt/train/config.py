@@ -50,8 +50,10 @@ class TrainerConfig:
     num_workers: int = 0
     ema_decay: Optional[float] = None  # also evaluate an EMA of the weights (timm ModelEmaV3)
     # ddp: every process holds the whole model (accelerate's DDP); fsdp: parameters, gradients and optimizer
-    # state sharded over the processes (torch's FSDP2 `fully_shard`, per unit the task names)
+    # state sharded over the processes (torch's FSDP2 `fully_shard`, per unit the task names); hsdp: sharded
+    # within groups of `shard_size` processes (default: one node's), replicated across the groups
     strategy: str = "ddp"
+    shard_size: Optional[int] = None
     activation_checkpointing: str = "none"  # none | full | every_<k> (every k-th sharding unit) — recompute in backward
     reshard_after_forward: bool = True  # fsdp: free gathered parameters after each unit's forward (ZeRO-3)
     compile: bool = False  # torch.compile each sharding unit (each block), or the whole model if the task names none
@@ -172,10 +174,12 @@ def validate(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if trainer.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"trainer.mixed_precision={trainer.mixed_precision!r}; use no, bf16 or fp16")
-    if trainer.strategy not in ("ddp", "fsdp"):
-        raise ConfigError(f"trainer.strategy={trainer.strategy!r}; use ddp or fsdp")
-    if trainer.strategy == "fsdp" and trainer.mixed_precision == "fp16":
-        raise ConfigError("trainer.mixed_precision=fp16 does not go with trainer.strategy=fsdp; use bf16")
+    if trainer.strategy not in ("ddp", "fsdp", "hsdp"):
+        raise ConfigError(f"trainer.strategy={trainer.strategy!r}; use ddp, fsdp or hsdp")
+    if trainer.strategy != "ddp" and trainer.mixed_precision == "fp16":
+        raise ConfigError(f"trainer.mixed_precision=fp16 does not go with trainer.strategy={trainer.strategy}; use bf16")
+    if trainer.shard_size is not None and trainer.shard_size < 1:
+        raise ConfigError(f"trainer.shard_size={trainer.shard_size} must be ≥ 1 (processes per shard group)")
     if not re.fullmatch(r"none|full|every_[1-9]\d*", str(trainer.activation_checkpointing)):
         raise ConfigError(f"trainer.activation_checkpointing={trainer.activation_checkpointing!r}; use none, full or "
                           "every_<k> (e.g. every_2)")
@@ -196,6 +200,10 @@ def validate(cfg: DictConfig) -> None:
     for rule in trainer.optim.no_decay:
         if rule not in NO_DECAY_RULES:
             raise ConfigError(f"trainer.optim.no_decay has {rule!r}; known rules: {', '.join(NO_DECAY_RULES)}")
+    for key in cfg.get("required") or []:
+        if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) in (None, "???", ""):
+            raise ConfigError(f"{key} is required by this paper row ({cfg.get('group') or 'experiment'}); "
+                              f"add {key}=/path/to/its/data")
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True), "init_from": cfg.get("init_from")}, "")
     _task_class(cfg.task).check_config(cfg.task)
 

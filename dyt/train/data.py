@@ -97,7 +97,11 @@ def train_loader(dataset: Dataset, batch_size: int, *, seed: int, rank: int, wor
     `state_dict()` the trainer saves per process; a dataset with its own `state_dict` resumes in place,
     any other is fast-forwarded."""
     if isinstance(dataset, IterableDataset):
+        import warnings
+
         from torchdata.stateful_dataloader import StatefulDataLoader
+
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
 
         return StatefulDataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, drop_last=True,
                                   **_loader_options(num_workers, seed))

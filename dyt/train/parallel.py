@@ -2,7 +2,8 @@
 
 ddp: every process builds the whole model (same seed, so identical weights) and accelerate wraps it in DDP.
 fsdp: torch's FSDP2 (`fully_shard`) shards parameters, gradients and optimizer state over the processes, one
-unit at a time (the blocks the task names in `Task.shard_units`), then the root. Only rank 0 builds real
+unit at a time (the blocks the task names in `Task.shard_units`), then the root. hsdp: the same over a 2-D
+mesh, sharded within groups (a node) and replicated across them. Only rank 0 builds real
 weights (seeded, converted, `init_from` loaded); the others build on the meta device, and the weights and
 buffers are broadcast from rank 0, so a LayerNorm and a DyT run of one seed still share every non-norm weight.
 torch's own APIs, not accelerate's FSDP plugin: they run, and are tested, on CPU processes with gloo.
@@ -146,16 +147,31 @@ def prepare_model(cfg: DictConfig, task, accelerator) -> Built:
     _broadcast_weights(model, full, device)
     del full
     if rank0:
-        log.info("fsdp: %d units sharded over %d processes (%s)", len(units), dist.get_world_size(),
+        log.info("%s: %d units sharded over %d processes (%s)", tcfg.strategy, len(units), dist.get_world_size(),
                  "bf16 parameters, fp32 reduction" if tcfg.mixed_precision == "bf16" else "fp32")
     return Built(task, model, swaps, native, params)
 
 
-def shard(model: nn.Module, units: list[nn.Module], tcfg: DictConfig, device: torch.device) -> None:
+def device_mesh(tcfg: DictConfig, device: torch.device):
+    """fsdp: one dimension over every process. hsdp: (replicate, shard), shard groups of `shard_size`
+    processes (default: one node's, torchrun's LOCAL_WORLD_SIZE), so the all-gathers stay inside a node."""
+    import os
+
     from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if tcfg.strategy == "fsdp":
+        return init_device_mesh(device.type, (world,))
+    shard = tcfg.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if world % shard:
+        raise ValueError(f"trainer.shard_size={shard} does not divide the {world} processes; set trainer.shard_size")
+    return init_device_mesh(device.type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def shard(model: nn.Module, units: list[nn.Module], tcfg: DictConfig, device: torch.device) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = device_mesh(tcfg, device)
     options = dict(mesh=mesh, mp_policy=_mixed_precision(tcfg))
     for unit in units:
         fully_shard(unit, reshard_after_forward=tcfg.reshard_after_forward, **options)

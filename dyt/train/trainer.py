@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from omegaconf import DictConfig
 
 from dyt.analysis import alpha_values, record_input_std
 
 from ..optim import param_groups
+
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import epoch_batches, eval_loader, train_loader
 from .ema import WeightEma
@@ -103,7 +105,7 @@ class Trainer:
         self.cfg, self.tcfg, self.task = cfg, cfg.trainer, built.task
         task, model = built.task, built.model
         self.accelerator, self.run_dir, self.run_info = accelerator, run_dir, run_info
-        self.sharded = cfg.trainer.strategy == "fsdp"
+        self.sharded = cfg.trainer.strategy in ("fsdp", "hsdp")
         self.raw_model = model
         self.ckpt_root = run_dir / "checkpoints"
         tcfg, acc = self.tcfg, accelerator
@@ -116,6 +118,7 @@ class Trainer:
                                      world=acc.num_processes, collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
         self.val_dl = eval_loader(val_set, tcfg.batch_size, rank=acc.process_index, world=acc.num_processes,
                                   collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
+        self.eval_padding = self._eval_padding()
         optim = tcfg.optim
         # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
         groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
@@ -374,19 +377,40 @@ class Trainer:
         def batches():
             from accelerate.utils import send_to_device
 
+            batch = None
             for i, batch in enumerate(self.val_dl):
                 if limit is not None and i >= limit:
-                    return
-                yield send_to_device(batch, acc.device, non_blocking=True)
+                    break
+                batch = send_to_device(batch, acc.device, non_blocking=True)
+                yield batch
+            # a sharded forward is a collective: a process with fewer batches runs uncounted forwards on its last
+            # one until every process has done as many, leaving the training RNG as it was
+            with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+                for _ in range(self.eval_padding):
+                    self.task.loss(self.model, batch)
 
         def reduce(totals: dict) -> dict:
             if acc.num_processes == 1:
                 return totals
-            keys = sorted(totals)
-            stacked = torch.stack([torch.as_tensor(totals[k], device=acc.device, dtype=torch.float64) for k in keys])
+            keys = sorted(set().union(*gather_object([sorted(totals)])))  # a process may have seen no batch
+            stacked = torch.stack([torch.as_tensor(totals.get(k, 0.0), device=acc.device, dtype=torch.float64)
+                                   for k in keys])
             return dict(zip(keys, acc.reduce(stacked, "sum")))
 
         return {f"{prefix}/{k}": v for k, v in self.task.evaluate(self.model, batches(), reduce).items()}
+
+    def _eval_padding(self) -> int:
+        """Under sharding, how many evaluation batches this process has fewer than the busiest one."""
+        acc = self.accelerator
+        if not self.sharded or acc.num_processes == 1:
+            return 0
+        mine = len(self.val_dl) if self.tcfg.max_eval_batches is None else min(len(self.val_dl), self.tcfg.max_eval_batches)
+        if mine == 0:
+            raise ValueError(f"the validation set has fewer samples than the {acc.num_processes} processes: a sharded "
+                             "evaluation needs at least one sample on each")
+        most = torch.tensor(mine, device=acc.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        return int(most) - mine
 
     def _on_run_end(self) -> None:
         """The task's artifacts (sample grids, …), made on the main process from the EMA weights where there
