@@ -42,6 +42,10 @@ class ImageClassification(Task):
     headline = Headline("val/acc", higher_is_better=True)
 
     @property
+    def prefers_channels_last(self) -> bool:
+        return self.cfg.family == "convnext"
+
+    @property
     def shard_units(self) -> str:
         return r"blocks\.\d+" if self.cfg.family == "vit" else r"stages\.\d+"  # ViT blocks, ConvNeXt stages
 
@@ -51,6 +55,7 @@ class ImageClassification(Task):
         self.channels = 1 if self.embedded else 3
         self.num_classes = 10 if self.embedded else cfg.data.num_classes
         self.mixup = None
+        self._nhwc: dict[int, bool] = {}  # model id → its weights are channels-last
         augment = cfg.augment
         if augment.mixup > 0 or augment.cutmix > 0:
             from timm.data import Mixup
@@ -110,8 +115,16 @@ class ImageClassification(Task):
         val_tf = create_transform(self.image_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
         return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
 
+    def _memory_format(self, images: torch.Tensor, model) -> torch.Tensor:
+        """NHWC inputs for a model whose weights were made NHWC (trainer.channels_last)."""
+        if id(model) not in self._nhwc:
+            self._nhwc[id(model)] = any(p.dim() == 4 and not p.is_contiguous()
+                                        and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
+        return images.contiguous(memory_format=torch.channels_last) if self._nhwc[id(model)] else images
+
     def loss(self, model, batch):
         images, labels = batch
+        images = self._memory_format(images, model)
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
             logits = model(images)
@@ -122,6 +135,7 @@ class ImageClassification(Task):
 
     def eval_step(self, model, batch):
         images, labels = batch
+        images = self._memory_format(images, model)
         logits = model(images)
         return {"correct": (logits.argmax(-1) == labels).sum(), "count": torch.tensor(len(labels)),
                 "loss_sum": F.cross_entropy(logits.float(), labels, reduction="sum")}

@@ -58,3 +58,27 @@ def test_convnext_runs_with_channels_first_norms(tmp_path, norm, layer):
     norms = (tmp_path / "norms.txt").read_text()
     assert layer in norms and "channels_first" in norms
     assert summary(tmp_path)["status"] == "completed"
+
+
+def test_convnext_in_channels_last_memory_computes_the_same_loss():
+    """trainer.channels_last (on by itself on CUDA): NHWC weights and inputs, the fused channels-first DyT read
+    in place; the loss equals the NCHW model's."""
+    import torch
+    from accelerate import Accelerator
+
+    from dyt.train.parallel import prepare_model
+    from dyt.train.run import build_task
+    from tests.test_trainer import compose_cfg
+
+    losses = []
+    for channels_last in (False, True):
+        cfg = compose_cfg("task=convnext", "task.size=debug", "norm=dyt",
+                          f"trainer.channels_last={str(channels_last).lower()}", "task.data.digit_size=32")
+        task = build_task(cfg)
+        built = prepare_model(cfg, task, Accelerator(cpu=True))
+        convolutions = [p for p in built.model.parameters() if p.dim() == 4]
+        nhwc = all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+        assert (nhwc and any(not p.is_contiguous() for p in convolutions)) == channels_last
+        images = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        losses.append(task.loss(built.model, (images, torch.arange(4)))[0].item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)

@@ -144,3 +144,24 @@ def test_sharded_run_with_data_workers_killed_and_resumed_equals_an_uninterrupte
     _torchrun(interrupted, *args)
     assert _losses(interrupted) == _losses(whole)
     assert summary(interrupted)["final"] == summary(whole)["final"]
+
+
+def test_an_rmsnorm_run_exports_to_a_plain_llama_folder(tmp_path):
+    """One process under fsdp (a one-rank mesh), the native RMSNorm: the export is a stock LlamaForCausalLM."""
+    from transformers import LlamaForCausalLM
+
+    from dyt.train.run import build
+    from tests.test_trainer import compose_cfg
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY_LLAMA, "norm=native", "trainer.strategy=fsdp", "trainer.max_steps=3"]
+    run_train(run_dir, *overrides)
+    assert latest_checkpoint(run_dir / "checkpoints").joinpath("__0_0.distcp").exists()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), str(run_dir)], check=True,
+                   cwd=ROOT, env=train_env(), capture_output=True, text=True)
+    exported = LlamaForCausalLM.from_pretrained(run_dir / "export" / "hf")
+    assert not (run_dir / "export" / "hf" / "modeling_dyt_llama.py").exists()
+    _, model, _ = build(compose_cfg(*overrides, f"init_from={run_dir}"))
+    ids = torch.arange(1, 17)[None]
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, model.eval()(ids).logits, atol=1e-5)

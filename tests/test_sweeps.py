@@ -147,9 +147,10 @@ def test_two_sweeps_started_in_the_same_second_get_different_folders():
 
 def test_slurm_tasks_become_a_torch_process_group():
     env = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NODELIST": "gpu7,gpu8"}
+           "SLURM_JOB_NODELIST": "gpu7,gpu8", "SLURM_JOB_NUM_NODES": "2"}
     assert export_distributed_env(env)
     assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("5", "1", "8", "gpu7")
+    assert env["LOCAL_WORLD_SIZE"] == "4"  # hsdp shards within a node
     assert not export_distributed_env({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"})  # one task: nothing to form
     assert not export_distributed_env({**env, "WORLD_SIZE": "2"})  # a launcher already set it
     assert first_host("node[03-05,09],cpu1") in ("node03",)  # scontrol when present, else parsed

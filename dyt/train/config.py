@@ -58,6 +58,9 @@ class TrainerConfig:
     reshard_after_forward: bool = True  # fsdp: free gathered parameters after each unit's forward (ZeRO-3)
     compile: bool = False  # torch.compile each sharding unit (each block), or the whole model if the task names none
     tf32: bool = False  # CUDA: TF32 matmuls and convolutions for fp32 (the vision rows' A100 default)
+    # convolutions in channels-last memory (NHWC, faster tensor-core convolutions) for tasks that ask (ConvNeXt):
+    # null = on CUDA under ddp, true = always, false = never
+    channels_last: Optional[bool] = None
     check_every: int = 10  # steps between divergence / preemption checks (and at every log, eval, checkpoint)
     dist_timeout_s: int = 1800  # process-group timeout: rank 0 tokenising a corpus must not trip the barrier
     fail_on_divergence: bool = False  # a diverged run ends with exit code 0 unless set: sweeps go on

@@ -123,6 +123,9 @@ def prepare_model(cfg: DictConfig, task, accelerator) -> Built:
     if tcfg.strategy == "ddp":
         model, swaps = build_model(cfg, task)
         native, params = native_norm(model), sum(p.numel() for p in model.parameters())
+        wanted = tcfg.channels_last if tcfg.channels_last is not None else accelerator.device.type == "cuda"
+        if task.prefers_channels_last and wanted:
+            model.to(memory_format=torch.channels_last)
         units = units_of(model, task.shard_units)
         apply_activation_checkpointing(model, units, tcfg.activation_checkpointing)
         if tcfg.compile:

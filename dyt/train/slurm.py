@@ -19,14 +19,16 @@ def first_host(nodelist: str) -> str:
 
 
 def export_distributed_env(environ=os.environ) -> bool:
-    """Set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from a multi-task Slurm job unless a
-    launcher (torchrun, accelerate launch) already did. True if it set them."""
+    """Set RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from a multi-task Slurm
+    job unless a launcher (torchrun, accelerate launch) already did. True if it set them."""
     tasks = int(environ.get("SLURM_NTASKS", "1"))
     if "WORLD_SIZE" in environ or tasks <= 1 or "SLURM_PROCID" not in environ:
         return False
+    nodes = int(environ.get("SLURM_JOB_NUM_NODES", environ.get("SLURM_NNODES", "1")))
     environ.update({
         "RANK": environ["SLURM_PROCID"],
         "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(tasks // max(1, nodes)),  # hsdp's default shard group: one node's processes
         "WORLD_SIZE": str(tasks),
         "MASTER_ADDR": first_host(environ.get("SLURM_JOB_NODELIST", "localhost")),
         "MASTER_PORT": environ.get("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)),

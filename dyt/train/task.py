@@ -31,6 +31,8 @@ class Task:
     shard_units: str | None = None
     # DDP: some parameters may get no gradient in a step (layer drop skips whole layers)
     unused_parameters: bool = False
+    # a convolutional model that runs faster with NHWC weights and inputs (trainer.channels_last)
+    prefers_channels_last: bool = False
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
