@@ -165,3 +165,12 @@ def test_an_rmsnorm_run_exports_to_a_plain_llama_folder(tmp_path):
     ids = torch.arange(1, 17)[None]
     with torch.no_grad():
         assert torch.allclose(exported(ids).logits, model.eval()(ids).logits, atol=1e-5)
+
+
+def test_compiled_units_with_activation_checkpointing_train_as_eager_ones(tmp_path):
+    """Each unit's forward compiled with its checkpoint inside (the paper's LLaMA rows: compile + selective
+    checkpointing); one process, sharded over itself."""
+    common = [*TINY_LLAMA, "trainer.strategy=fsdp", "trainer.max_steps=4", "trainer.log_every=1"]
+    run_train(tmp_path / "eager", *common)
+    run_train(tmp_path / "compiled", *common, "trainer.compile=true", "trainer.activation_checkpointing=every_2")
+    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5, rel=0)

@@ -67,17 +67,23 @@ def checkpointed(units: list[nn.Module], mode: str) -> list[nn.Module]:
 
 
 def apply_activation_checkpointing(model: nn.Module, units: list[nn.Module], mode: str) -> None:
-    from torch.distributed._composable import checkpoint
+    """Each chosen unit's `forward` runs under torch's non-reentrant checkpoint: its activations are recomputed
+    in backward. The forward is wrapped in place, not the module, so parameter names and metrics keep their
+    paths, and a compiled unit compiles the checkpoint into its graph (torch.compile traces it)."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
 
     chosen = checkpointed(units, mode) if units else ([model] if mode != "none" else [])
-    for unit in chosen:  # composable: in place, so parameter names and metrics keep their paths
-        checkpoint(unit)
+    for unit in chosen:
+        unit.forward = partial(checkpoint, unit.forward, use_reentrant=False)
 
 
 def compile_units(model: nn.Module, units: list[nn.Module]) -> None:
-    """`nn.Module.compile` in place (no `_orig_mod.` in parameter names): each unit, or the whole model."""
+    """Each unit's (or the whole model's) `forward` compiled in place: no `_orig_mod.` in parameter names, and
+    the module's hooks (FSDP's gathers) stay outside the graph."""
     for unit in units or [model]:
-        unit.compile()
+        unit.forward = torch.compile(unit.forward)
 
 
 def _init_single_process_group(device: torch.device) -> None:
