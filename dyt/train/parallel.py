@@ -1,4 +1,4 @@
-"""How the model is spread over processes, one switch: `trainer.strategy=ddp|fsdp`.
+"""How the model is spread over processes, one switch: `trainer.strategy=ddp|fsdp|hsdp`.
 
 ddp: every process builds the whole model (same seed, so identical weights) and accelerate wraps it in DDP.
 fsdp: torch's FSDP2 (`fully_shard`) shards parameters, gradients and optimizer state over the processes, one
@@ -8,7 +8,7 @@ weights (seeded, converted, `init_from` loaded); the others build on the meta de
 buffers are broadcast from rank 0, so a LayerNorm and a DyT run of one seed still share every non-norm weight.
 torch's own APIs, not accelerate's FSDP plugin: they run, and are tested, on CPU processes with gloo.
 
-Both strategies apply, in torchtitan's order, activation checkpointing → per-unit `torch.compile` → sharding.
+Every strategy applies, in torchtitan's order, activation checkpointing → per-unit `torch.compile` → sharding.
 """
 from __future__ import annotations
 
