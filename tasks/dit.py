@@ -385,12 +385,9 @@ class DiTTask(Task):
             # built at the first evaluation (again after a resume): it must not draw from the training's RNG
             with torch.random.fork_rng(devices=[]):
                 if self.metric == "digits":
-                    from .fid import cache_dir, digit_features
+                    from .fid import digit_features
 
-                    if self.real_images is None:
-                        self._digits()
-                    train, val = self.real_images
-                    self._features = digit_features(train, val, cache_dir(self.cfg.eval.cache_dir)).to(device)
+                    self._features = digit_features().to(device)
                 else:
                     from .fid import InceptionFeatures, find_inception
 
