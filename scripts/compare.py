@@ -52,12 +52,37 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def group_runs(runs: list[Run]) -> tuple[dict[str, list[Run]], list[str]]:
+def group_runs(runs: list[Run]) -> tuple[dict[str, list[Run]], list[str], list[str]]:
+    """Runs by configuration, seeds pooled — unless their artifacts differ (another tokenizer, other data,
+    another metric network: numbers that do not measure the same thing), which split a configuration into rows
+    of their own. Returns (groups, compared keys, notes saying what differs)."""
     keys = varying_keys(runs)
-    groups: dict[str, list[Run]] = defaultdict(list)
+    by_label: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[configuration_label(run, keys)].append(run)
-    return dict(sorted(groups.items())), keys
+        by_label[configuration_label(run, keys)].append(run)
+    groups, notes = {}, []
+    for label, members in sorted(by_label.items()):
+        kinds: dict[tuple, list[Run]] = defaultdict(list)
+        for run in members:
+            kinds[tuple(sorted(run.artifacts.items()))].append(run)
+        if len(kinds) == 1:
+            groups[label] = members
+            continue
+        differing = _differing([r.artifacts for r in members])
+        notes.append(f"`{label}`: not pooled, its runs differ in {', '.join(differing)}")
+        for signature, rs in kinds.items():
+            mark = ", ".join(f"{name} {dict(signature).get(name, '–')[:8]}" for name in differing)
+            groups[f"{label} [{mark}]"] = rs
+    across = [n for n in _differing([r.artifacts for r in runs]) if not any(n in note for note in notes)]
+    if across:
+        notes.append(f"the configurations differ in {', '.join(across)}: their numbers are not comparable")
+    return groups, keys, notes
+
+
+def _differing(artifacts: list[dict]) -> list[str]:
+    """Artifact names whose hash is not the same in every run that records it."""
+    names = sorted({name for a in artifacts for name in a})
+    return [n for n in names if len({a[n] for a in artifacts if n in a}) > 1]
 
 
 def table(groups: dict[str, list[Run]]) -> str:
@@ -167,7 +192,7 @@ def compare(runs: list[Run], out: Path, sources: list[str]) -> list[Path]:
     if not runs:
         raise SystemExit("error: no runs found (a run folder holds metrics.jsonl or summary.json)")
     out.mkdir(parents=True, exist_ok=True)
-    groups, keys = group_runs(runs)
+    groups, keys, notes = group_runs(runs)
     written = [plot_curves(groups, out)]
     heatmap = plot_heatmap(runs, keys, out)
     if heatmap:
@@ -175,7 +200,8 @@ def compare(runs: list[Run], out: Path, sources: list[str]) -> list[Path]:
     text = "\n".join([
         f"# {out.name}", "", f"Runs from: {', '.join(sources)}",
         f"Compared: {', '.join(keys) or 'nothing varies'}; seeds pooled as mean ± std.", "",
-        table(groups), "", *[f"![{p.stem}]({p.name})" for p in written], ""])
+        table(groups), "", *[f"**Not alike:** {note}." for note in notes], *([""] if notes else []),
+        *[f"![{p.stem}]({p.name})" for p in written], ""])
     (out / "table.md").write_text(text)
     written.insert(0, out / "table.md")
     return written

@@ -115,6 +115,12 @@ class ImageClassification(Task):
         val_tf = create_transform(self.image_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
         return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
 
+    def artifacts(self) -> dict:
+        """The embedded digits' file, or the image folder (its manifest when it holds a dataset's worth)."""
+        from .data.mnist import mnist_file
+
+        return {"digits": mnist_file()} if self.embedded else {"images": Path(self.cfg.data.root)}
+
     def _memory_format(self, images: torch.Tensor, model) -> torch.Tensor:
         """NHWC inputs for a model whose weights were made NHWC (trainer.channels_last)."""
         if id(model) not in self._nhwc:

@@ -199,12 +199,23 @@ class Wav2Vec2Pretraining(Task):
             val = speech.audio_folders(d.root, d.val, d.cache_dir)
         else:
             train, val = speech.synthetic_speech(d.cache_dir, d.train_sentences, d.val_sentences, d.seed)
+        self.speech = {"train": train, "val": val}
         batches = dict(max_tokens=d.max_tokens, max_sample_size=d.max_sample_size,
                        min_sample_size=d.min_sample_size, normalize=d.normalize, batching=d.batching)
         return (speech.LengthBatches(train, train.lengths, fixed_crops=False, **batches),
                 speech.LengthBatches(val, val.lengths, fixed_crops=True, **batches))
 
     collate_fn = staticmethod(speech.collate_batches)
+
+    def artifacts(self) -> dict:
+        """The speech: synthesised audio itself, or the audio files' manifest (paths and lengths)."""
+        found = {}
+        for split, data in getattr(self, "speech", {}).items():
+            if isinstance(data, speech.SpeechSet):
+                found[f"speech_{split}"] = np.concatenate(data.audio)
+            else:
+                found[f"speech_{split}_manifest"] = "\n".join(f"{p}\t{n}" for p, n in zip(data.paths, data.lengths))
+        return found
 
     def count(self, batch):
         """(utterances, audio samples): tokens_per_s is audio samples per second."""

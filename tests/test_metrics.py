@@ -56,3 +56,50 @@ def test_a_tampered_classifier_file_is_one_line_of_error(tmp_path, monkeypatch):
         fid.digit_features()
     assert len(str(error.value).splitlines()) == 1
 
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def test_a_run_records_what_its_numbers_depend_on(tmp_path):
+    from tests.helpers import run_train, summary
+
+    run_train(tmp_path, "task=vit", "task.size=debug", "trainer.max_steps=1", "trainer.batch_size=16",
+              "trainer.max_eval_batches=1", OMP_NUM_THREADS="1")
+    origin = summary(tmp_path)["provenance"]
+    assert set(origin["artifacts"]) == {"digits"} and len(origin["artifacts"]["digits"]) == 16
+    assert len(origin["commit"]) == 40 and isinstance(origin["dirty"], bool)
+    assert {"torch", "timm", "transformers", "accelerate"} <= set(origin["versions"])
+    assert origin["threads"] == 1 and origin["device"]
+
+
+def _fake_run(folder, norm: str, seed: int, tokenizer: str, loss: float):
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"norm:\n  type: {norm}\nseed: {seed}\n")
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": loss, "val/loss": loss}) + "\n")
+    (folder / "summary.json").write_text(json.dumps({
+        "status": "completed", "norm": norm, "seed": seed, "steps": 10,
+        "headline": {"name": "val/loss", "value": loss, "best": loss, "higher_is_better": False},
+        "provenance": {"artifacts": {"tokenizer": tokenizer, "tokens": "same"}}}))
+
+
+def test_compare_does_not_pool_runs_whose_tokenizers_differ(tmp_path):
+    import sys
+
+    from tests.helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from compare import compare
+
+    from dyt.train.results import find_runs
+
+    _fake_run(tmp_path / "runs" / "a", "dyt", 0, "aaaaaaaaaaaaaaaa", 5.0)
+    _fake_run(tmp_path / "runs" / "b", "dyt", 1, "bbbbbbbbbbbbbbbb", 6.0)  # another machine's tokenizer
+    _fake_run(tmp_path / "runs" / "c", "rmsnorm", 0, "aaaaaaaaaaaaaaaa", 5.5)
+    table = compare(find_runs([tmp_path / "runs"]), tmp_path / "out", ["runs"])[0].read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| dyt")]
+    assert len(rows) == 2 and "tokenizer aaaaaaaa" in rows[0] and "tokenizer bbbbbbbb" in rows[1]
+    assert "`dyt`: not pooled, its runs differ in tokenizer" in table
+    assert "5 ± " not in table  # never averaged

@@ -44,6 +44,11 @@ class Run:
         return [r["step"] for r in rows], [float(r[key]) for r in rows]
 
     @property
+    def artifacts(self) -> dict[str, str]:
+        """Content hashes of what the run depended on (tokenizer, data, metric network; dyt.train.provenance)."""
+        return (self.summary.get("provenance") or {}).get("artifacts") or {}
+
+    @property
     def last_loss(self) -> float | None:
         _, losses = self.series("train/loss")
         return losses[-1] if losses else None

@@ -125,6 +125,7 @@ def train(cfg: DictConfig) -> dict:
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from .parallel import prepare_model, seed_process
+    from .provenance import provenance
     from .slurm import export_distributed_env
     from .sweep import claim_point, current_sweep
     from .trainer import Trainer, write_json
@@ -158,11 +159,12 @@ def train(cfg: DictConfig) -> dict:
     train_set, val_set = task.build_data()
     seed_process(cfg.seed, accelerator.process_index)
     label = norm_label(cfg.norm, native=built.native)
+    origin = provenance(task) if accelerator.is_main_process else {}  # hashed once, by the process that writes
     group = cfg.get("group") or (sweep.dir.name if sweep else f"{task.name}-{cfg.task.get('size', 'default')}")
     run_info = {"task": task.name, "size": cfg.task.get("size"), "norm": label, "norm_type": cfg.norm.type,
                 "alpha_init": OmegaConf.to_container(cfg.norm, resolve=True).get("alpha_init") if cfg.norm.type in ("dyt", "derf") else None,
                 "seed": cfg.seed, "group": group, "params": n_params, "norms_replaced": len(swaps.replaced),
-                "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir)}
+                "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir), "provenance": origin}
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "norms.txt").write_text(str(swaps) + "\n")
@@ -171,7 +173,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes (%s), α decay %s", task.name,
                  n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes, tcfg.strategy,
                  "on" if cfg.trainer.optim.decay_alpha else "off")
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = {**OmegaConf.to_container(cfg, resolve=True), "provenance": origin}
     if sweep:  # the swept values, as config keys the dashboard can group and filter by
         config["swept"] = dict(o.split("=", 1) for o in sweep.overrides if "=" in o)
     tracker_args = {"config": config, "name": f"{label}-s{cfg.seed}",

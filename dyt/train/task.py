@@ -88,3 +88,10 @@ class Task:
 
     def on_run_end(self, model: nn.Module, run_dir, tracker) -> None:
         """Artifacts after training (sample grids, …); called on the main process only."""
+
+    def artifacts(self) -> dict:
+        """What the run's numbers depend on besides the config, made or read by `build_data`: name → a file or
+        folder (Path), bytes, text or an array (tokenizer, token file, synthesised speech, gene predictions,
+        latent cache, the metric's network, the user's data). Their content hashes go to summary.json's
+        `provenance` (dyt.train.provenance), so runs that differ in them are not pooled."""
+        return {}

