@@ -93,15 +93,13 @@ class ImageClassification(Task):
         return self._image_folder(Path(self.cfg.data.root))
 
     def _mnist(self):
-        from torchvision.transforms import v2
-
-        from .data.mnist import DigitImages, mnist_digits, split_indices
+        from .data.mnist import DigitImages, collate_digits, mnist_digits, split_indices
 
         images, labels = mnist_digits()
         train_idx, val_idx = split_indices(labels, self.cfg.data.val_fraction)
-        shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1)) if self.cfg.augment.digits else None
         size = self.cfg.data.digit_size
-        return (DigitImages(images[train_idx], labels[train_idx], shift, pad_to=size),
+        self.collate_fn = collate_digits  # random rotations and shifts applied a batch at a time
+        return (DigitImages(images[train_idx], labels[train_idx], augment=self.cfg.augment.digits, pad_to=size),
                 DigitImages(images[val_idx], labels[val_idx], pad_to=size))
 
     def _image_folder(self, root: Path):
