@@ -98,7 +98,10 @@ class Llama(Task):
             raise ConfigError(f"task.eval.lm_eval_data_dir={data_dir} is not a folder; give the folder of the "
                               "harness datasets' local copies (scripts/eval_lm.py --help)")
         if lm_eval_cfg.get("lm_eval_tasks"):
-            lm_eval_names(list(lm_eval_cfg.lm_eval_tasks))  # a selection that names nothing fails here
+            try:
+                lm_eval_names(list(lm_eval_cfg.lm_eval_tasks))
+            except LmEvalError as err:
+                raise ConfigError(f"task.eval.lm_eval_tasks: {err}") from None
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
         if init_of(cfg) not in INITS:
@@ -170,8 +173,11 @@ class Llama(Task):
                                       world=state.num_processes)
         lm_eval_cfg = self.cfg.get("eval") or {}
         if lm_eval_cfg.get("lm_eval_tasks"):  # their datasets are loaded now: a missing one fails before training
-            self._lm_eval_tasks = self.lm_eval_selection(list(lm_eval_cfg.lm_eval_tasks),
-                                                         data_dir=lm_eval_cfg.get("lm_eval_data_dir"))
+            try:
+                self._lm_eval_tasks = self.lm_eval_selection(list(lm_eval_cfg.lm_eval_tasks),
+                                                             data_dir=lm_eval_cfg.get("lm_eval_data_dir"))
+            except LmEvalError as err:
+                raise LmEvalError(f"task.eval.lm_eval_tasks: {err}") from None
         return windows
 
     def _token_losses(self, model, batch: torch.Tensor) -> torch.Tensor:

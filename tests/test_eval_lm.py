@@ -173,6 +173,14 @@ def test_missing_dataset_fails_in_one_line_before_the_model(tiny_run, tmp_path, 
         eval_lm(bare, "--tasks", "no_such_task")
 
 
+def test_data_parallel_needs_the_runs_export(tiny_run, tmp_path, monkeypatch):
+    """Under `accelerate launch` the harness loads the model itself, from RUN/export/hf of the same checkpoint."""
+    run_dir, _ = tiny_run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=r"run `python scripts/export_checkpoint.py .* --checkpoint .*step_00000004` first"):
+        eval_lm(run_dir, "--tasks", "tiny_mc", "--include-path", tiny_task(tmp_path, [0]))
+
+
 def test_harness_task_reads_a_local_copy_of_its_dataset(tmp_path):
     """--data-dir DIR: the harness's arc_easy reads DIR/allenai/ai2_arc, a copy laid out as its hub repository."""
     import datasets
