@@ -206,9 +206,9 @@ class Llama(Task):
     def evaluate(self, model, batches, reduce):
         """The validation loss and, when `task.eval.lm_eval_tasks` names a selection, its zero-shot accuracy
         (`lm_eval/<selection>/mean_acc`, per task `lm_eval/<task>/acc`, …) after the last step, or at every
-        evaluation with `task.eval.lm_eval_at_every_eval`. Every process scores the whole selection with its own
-        copy (or, sharded, its shard: the forwards are collectives, the same on every process), so the metrics
-        agree everywhere; the training RNG is left as it was."""
+        evaluation with `task.eval.lm_eval_at_every_eval`. Every process scores the whole selection, so the metrics
+        agree everywhere (a sharded model's forwards are collectives, and every process makes the same ones:
+        tested on one process only); the training RNG is left as it was."""
         metrics = super().evaluate(model, batches, reduce)
         lm_eval_cfg = self.cfg.get("eval") or {}
         last = self._step is not None and self._step + 1 >= self._max_steps
