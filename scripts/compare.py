@@ -85,12 +85,28 @@ def _differing(artifacts: list[dict]) -> list[str]:
     return [n for n in names if len({a[n] for a in artifacts if n in a}) > 1]
 
 
+def zero_shot(run: Run, selection: str) -> float | None:
+    """A LLaMA run's mean zero-shot accuracy on an lm-eval selection: scripts/eval_lm.py's (summary `lm_eval`),
+    else the one task.eval.lm_eval_tasks measured after the last step."""
+    value = (run.summary.get("lm_eval") or {}).get(selection, {}).get("mean_acc")
+    return value if value is not None else (run.summary.get("final") or {}).get(f"val/lm_eval/{selection}/mean_acc")
+
+
+def zero_shot_selections(runs: list[Run]) -> list[str]:
+    found = {*(k for r in runs for k in r.summary.get("lm_eval") or {}),
+             *(k.split("/")[2] for r in runs for k in r.summary.get("final") or {}
+               if k.startswith("val/lm_eval/") and k.endswith("/mean_acc"))}
+    return sorted(found)
+
+
 def table(groups: dict[str, list[Run]]) -> str:
     headline = next((r.headline for rs in groups.values() for r in rs if r.headline.get("name")), {})
     name = headline.get("name", "headline")
     arrow = "↑" if headline.get("higher_is_better", True) else "↓"
-    lines = [f"| configuration | seeds | status | final {name} {arrow} | best {name} {arrow} | wall time (min) |",
-             "|---|---|---|---|---|---|"]
+    selections = zero_shot_selections([r for rs in groups.values() for r in rs])
+    lines = [f"| configuration | seeds | status | final {name} {arrow} | best {name} {arrow} | wall time (min) |"
+             + "".join(f" zero-shot {s} acc ↑ |" for s in selections),
+             "|---|---|---|---|---|---|" + "---|" * len(selections)]
     for label, runs in groups.items():
         finished = [r for r in runs if r.status == "completed"]
         finals = [r.headline["value"] for r in finished if isinstance(r.headline.get("value"), (int, float))]
@@ -103,7 +119,9 @@ def table(groups: dict[str, list[Run]]) -> str:
             for s, rs in sorted(statuses.items()))
         final = _mean_std(finals) if finals else ("**diverged**" if "diverged" in statuses else "–")
         minutes = [r.summary["wall_seconds"] / 60 for r in finished if r.summary.get("wall_seconds")]
-        lines.append(f"| {label} | {len(runs)} | {status} | {final} | {_mean_std(bests)} | {_mean_std(minutes)} |")
+        accuracies = [_mean_std([v for r in finished if (v := zero_shot(r, s)) is not None]) for s in selections]
+        lines.append(f"| {label} | {len(runs)} | {status} | {final} | {_mean_std(bests)} | {_mean_std(minutes)} |"
+                     + "".join(f" {a} |" for a in accuracies))
     return "\n".join(lines)
 
 

@@ -198,9 +198,14 @@ class TokenWindows(Dataset):
         return torch.from_numpy(self.tokens[first:first + self.seq_len + 1].astype(np.int64))
 
 
+def validation_start(length: int, val_fraction: float) -> int:
+    """Where a token stream of `length` tokens starts validating: the first (1 − val_fraction) train."""
+    return int(length * (1 - val_fraction))
+
+
 def split_windows(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple[TokenWindows, TokenWindows]:
     """Train on the first (1 − val_fraction) of the token stream, validate on the rest: deterministic."""
-    boundary = int(len(tokens) * (1 - val_fraction))
+    boundary = validation_start(len(tokens), val_fraction)
     train, val = TokenWindows(tokens, seq_len, 0, boundary), TokenWindows(tokens, seq_len, boundary)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{len(tokens)} tokens give {len(train)} train and {len(val)} validation windows of "
@@ -390,8 +395,6 @@ class TextCorpus:
     def windows(self, seq_len: int, *, seed: int, rank: int = 0, world: int = 1) -> tuple[Dataset, Dataset]:
         """(train, val): a token file's windows split by position, or, streaming, the stream after its
         first `val_documents` documents and windows of those documents."""
-        from accelerate import PartialState
-
         cfg, tokenizer = self.cfg, self.tokenizer
         if cfg.streaming and not self.embedded:
             held_out, skip = held_out_documents(self.documents, cfg.val_documents)
@@ -400,9 +403,49 @@ class TextCorpus:
             train = StreamedWindows(self.documents, self.text_field, tokenizer, seq_len, seed=seed,
                                     shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world, skip=skip)
             return train, val
+        return split_windows(self.token_file(), seq_len, cfg.val_fraction)
+
+    def token_file(self) -> np.memmap:
+        """Every document tokenized once, joined by the end-of-text token (made on the main process first)."""
+        from accelerate import PartialState
+
+        tokenizer = self.tokenizer
         path = self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
         path.parent.mkdir(parents=True, exist_ok=True)
         with PartialState().main_process_first():
-            tokens = token_file(self._batches(), tokenizer, path)
-        return split_windows(tokens, seq_len, cfg.val_fraction)
+            return token_file(self._batches(), tokenizer, path)
+
+    def held_out_texts(self) -> tuple[Iterator[str], Iterator[str] | None]:
+        """(the validation text, the training text) as documents of plain text, decoded lazily one document at a
+        time, for evaluations built from text the model never trained on (tasks/data/cloze.py). The validation
+        text is what `windows` validates on: with a token file, the documents after the split (the one the split
+        cuts, from its first line break after the split); streaming, the held-out first documents, and then no
+        training text (None: the stream has no end)."""
+        cfg = self.cfg
+        if cfg.streaming and not self.embedded:
+            held_out, _ = held_out_documents(self.documents, cfg.val_documents)
+            return iter([d[self.text_field] for d in held_out if d[self.text_field]]), None
+        tokens, tokenizer = self.token_file(), self.tokenizer
+        eot, boundary = end_of_text_id(tokenizer), validation_start(len(tokens), cfg.val_fraction)
+
+        def documents(start: int, stop: int, chunk: int = 1 << 22) -> Iterator[tuple[int, str]]:
+            """(first token, text) of the documents in tokens[start:stop], the last one cut at `stop`."""
+            first = start
+            for offset in range(start, stop, chunk):
+                part = np.asarray(tokens[offset:min(offset + chunk, stop)])
+                for end in offset + np.flatnonzero(part == eot):
+                    yield first, tokenizer.decode(tokens[first:end].tolist())
+                    first = end + 1
+            if first < stop:
+                yield first, tokenizer.decode(tokens[first:stop].tolist())
+
+        def validation() -> Iterator[str]:
+            cut = boundary > 0 and tokens[boundary - 1] != eot
+            for first, text in documents(boundary, len(tokens)):
+                if first == boundary and cut:
+                    text = text.partition("\n")[2]
+                if text.strip():
+                    yield text
+
+        return validation(), (text for _, text in documents(0, boundary))
 
