@@ -16,7 +16,7 @@ and wandb run; scripts/compare.py shows them beside the loss.
 Selections: `cloze` (default): a cloze over sentences of the run's validation text, which it never trained
 on (tasks/data/cloze.py), built from the run's own corpus and cached, chance 25%. `paper15`: anli_r1, anli_r2,
 anli_r3, arc_challenge, arc_easy, boolq, hellaswag, openbookqa, piqa, record, rte, truthfulqa_mc1,
-truthfulqa_mc2, wic, winogrande (the OpenLLaMA selection the paper uses; tasks/llama.py PAPER15). Or harness
+truthfulqa_mc2, wic, winogrande (the OpenLLaMA selection the paper uses; tasks/lm_eval.py PAPER15). Or harness
 task names, comma-separated.
 
 Offline by design: nothing downloads. --data-dir DIR holds a copy of each dataset's hub repository at
@@ -111,7 +111,7 @@ def write_results(run_dir: Path, label: str, checkpoint: Path, results: dict, su
     from omegaconf import OmegaConf
 
     from dyt.train.tracking import Tracker
-    from tasks.llama import flat_metrics
+    from tasks.lm_eval import flat_metrics
 
     step = int(checkpoint.name.rsplit("_", 1)[-1]) if checkpoint.name.rsplit("_", 1)[-1].isdigit() else None
     record = {"checkpoint": checkpoint.name, "step": step, "limit": args.limit, "tasks": list(summary["tasks"]),
@@ -176,7 +176,7 @@ def main(argv=None) -> dict | None:
     import torch
 
     from dyt.train.run import build_task
-    from tasks.llama import LmEvalError, selection_label, summarize, zero_shot
+    from tasks.lm_eval import LmEvalError, selection_label, summarize, zero_shot
 
     run_dir = args.run_dir
     cfg, checkpoint = load_run(run_dir, args.checkpoint)

@@ -185,7 +185,7 @@ def test_harness_task_reads_a_local_copy_of_its_dataset(tmp_path):
     """--data-dir DIR: the harness's arc_easy reads DIR/allenai/ai2_arc, a copy laid out as its hub repository."""
     import datasets
 
-    from tasks.llama import lm_eval_tasks
+    from tasks.lm_eval import lm_eval_tasks
 
     repo = tmp_path / "data" / "allenai" / "ai2_arc"
     rows = [{"id": f"q{i}", "question": f"Which thing number {i} floats?", "answerKey": "B",
@@ -200,7 +200,7 @@ def test_harness_task_reads_a_local_copy_of_its_dataset(tmp_path):
 
 
 def test_paper15_is_the_openllama_selection():
-    from tasks.llama import PAPER15, lm_eval_names, task_manager
+    from tasks.lm_eval import PAPER15, lm_eval_names, task_manager
 
     # openlm-research/open_llama README.md, "Evaluation" table: anli_r1..r3, arc_challenge, arc_easy, boolq,
     # hellaswag, openbookqa, piqa, record, rte, truthfulqa_mc (mc1, mc2), wic, winogrande ("We removed the task
