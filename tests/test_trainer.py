@@ -1,5 +1,6 @@
 """The spine's promises: clear config errors, exact resume, preemption, divergence, tracking, pairing."""
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -238,3 +239,62 @@ def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
     (tmp_path / "step_00000020").mkdir()  # a save that was killed before its marker
     (tmp_path / ".tmp-step_00000030").mkdir()
     assert [p.name for p in valid_checkpoints(tmp_path)] == ["step_00000010"]
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _losses(run_dir):
+    return [(r["step"], r["train/loss"]) for r in metrics(run_dir) if "train/loss" in r]
+
+
+def test_a_checkpoint_that_does_not_match_its_marker_is_skipped_for_the_one_before(tmp_path):
+    args = [*TINY_VIT, "trainer.max_steps=6", "trainer.ckpt_every=2", "trainer.keep_last=3", "trainer.log_every=1",
+            "trainer.eval_every=6"]
+    run_train(tmp_path, *args)
+    whole = _losses(tmp_path)
+    latest = latest_checkpoint(tmp_path / "checkpoints")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short after its marker was written
+    (tmp_path / "summary.json").unlink()
+    rerun = run_train(tmp_path, *args)
+    log_text = rerun.stdout + rerun.stderr
+    assert "step_00000006 does not match its COMPLETE marker" in log_text
+    assert "resumed from" in log_text and "at step 4" in log_text
+    assert _losses(tmp_path) == whole and summary(tmp_path)["status"] == "completed"
+
+
+def test_a_failed_checkpoint_write_keeps_the_earlier_ones_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    from dyt.train.run import train
+
+    real_save = Accelerator.save_state
+
+    def disk_full_at_step_4(self, output_dir, *args, **kwargs):
+        if "step_00000004" in str(output_dir):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_4)
+    cfg = compose_cfg(*TINY_VIT, "trainer.max_steps=6", "trainer.ckpt_every=2", "trainer.keep_last=5", "logger=none",
+                      "trainer.progress=log", run_dir=str(tmp_path))
+    result = train(cfg)
+    assert result["status"] == "completed" and result["failed_checkpoints"] == 1
+    # step 4's folder removed, nothing half-written left, step 2 kept beside step 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000006"]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    from dyt.train.run import run_folder_lock
+
+    tmp_path.mkdir(exist_ok=True)
+    with run_folder_lock(tmp_path):  # as a live run holds it
+        result = run_train(tmp_path, *TINY_VIT, "trainer.max_steps=2", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"in use by a running run (pid {os.getpid()})" in lines[0]
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "summary.json").exists()
+    run_train(tmp_path, *TINY_VIT, "trainer.max_steps=2")  # released: a killed run leaves no stuck lock
+    assert summary(tmp_path)["status"] == "completed"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,16 +17,47 @@ log = logging.getLogger("dyt.train")
 def run(cfg: DictConfig) -> dict:
     """The body of `train.py`: exits non-zero on a bad config, a failure, or (with a code 128 + signal)
     after saving a checkpoint on preemption; a diverged run returns normally unless asked to fail."""
+    from .slurm import export_distributed_env
+
+    export_distributed_env()
     try:
         validate(cfg)
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        held = run_folder_lock(run_dir) if os.environ.get("RANK", "0") == "0" else nullcontext()
+        with held:
+            summary = train(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    summary = train(cfg)
     code = summary.pop("exit_code")
     if code:
         sys.exit(code)
     return summary
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path):
+    """One run per folder: an exclusive lock on `<run_dir>/.lock` (holding the PID) for the run's life. The
+    kernel drops it when the process ends, killed or not, so it never stays stuck."""
+    import fcntl
+
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise ConfigError(f"{run_dir} is in use by a running run (pid {pid}); wait for it to end, or give this "
+                              "run its own folder (hydra.run.dir=…)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def norm_label(norm: DictConfig, native: str = NATIVE) -> str:
@@ -126,7 +159,6 @@ def train(cfg: DictConfig) -> dict:
 
     from .parallel import prepare_model, seed_process
     from .provenance import provenance
-    from .slurm import export_distributed_env
     from .sweep import claim_point, current_sweep
     from .trainer import Trainer, write_json
 
@@ -139,7 +171,6 @@ def train(cfg: DictConfig) -> dict:
         result = {"status": "duplicate", "same_as": same_as, "norm": norm_label(cfg.norm), "seed": cfg.seed}
         write_json(run_dir / "summary.json", result)
         return {**result, "exit_code": 0}
-    export_distributed_env()
     tcfg = cfg.trainer
     # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo
     # group; under fsdp, FSDP2's MixedPrecisionPolicy casts, not accelerate's autocast

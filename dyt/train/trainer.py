@@ -27,7 +27,7 @@ from dyt.analysis import alpha_values, record_input_std
 
 from ..optim import param_groups
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointWriteError, load_latest, save_checkpoint
 from .data import epoch_batches, eval_loader, train_loader
 from .ema import WeightEma
 from .hardware import peak_flops
@@ -136,12 +136,14 @@ class Trainer:
         self.best_ema: dict[str, float] = {}  # … with the best headline value of the EMA weights
         self.last_eval: dict[str, float] = {}
         self.train_seconds = 0.0
+        self.failed_checkpoints = 0
         self.streamed = hasattr(self.train_dl, "state_dict")  # torchdata's StatefulDataLoader: an iterable stream
         self.first_bad_step = torch.full((), -1, device=acc.device)  # the first step whose loss was not finite
-        resume_from = latest_checkpoint(self.ckpt_root)
-        if resume_from is not None:
-            state, data_state = load_checkpoint(acc, resume_from, model=self.model, optimizer=self.optimizer,
-                                                ema=self.ema, sharded=self.sharded)
+        loaded = load_latest(acc, self.ckpt_root, model=self.model, optimizer=self.optimizer, ema=self.ema,
+                             sharded=self.sharded)
+        resume_from = loaded[0] if loaded else None
+        if loaded is not None:
+            _, state, data_state = loaded
             self._restore(state)
             if data_state is not None and self.streamed:
                 self.train_dl.load_state_dict(data_state)
@@ -192,7 +194,8 @@ class Trainer:
             exit_code = 1 if tcfg.fail_on_divergence else 0
         except Preempted as err:
             status, error, exit_code = "preempted", f"{err} at step {self.step}", 128 + err.signum
-            self._checkpoint()
+            if not self._checkpoint():  # nothing to resume from: the preemption loses the steps since the last one
+                status, error = "failed", f"{err} at step {self.step}, and its checkpoint could not be written"
         except BaseException as err:
             status, error, exit_code = "failed", f"{type(err).__name__}: {err}", 1
             self._write_summary(status, error, time.time() - started)
@@ -430,11 +433,19 @@ class Trainer:
             model.load_state_dict(weights)
             self.task.on_run_end(model.to(self.accelerator.device).eval(), self.run_dir, self.tracker)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> bool:
+        """Write a checkpoint; True if it was. One that fails (a full disk) leaves the earlier ones as they were
+        and the run goes on: the next interval tries again, and a resume starts from the last good one."""
         data_state = self.train_dl.state_dict() if self.streamed else None
-        save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last,
-                        model=self.model, optimizer=self.optimizer, ema=self.ema, sharded=self.sharded,
-                        data_state=data_state)
+        try:
+            save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last,
+                            model=self.model, optimizer=self.optimizer, ema=self.ema, sharded=self.sharded,
+                            data_state=data_state)
+        except CheckpointWriteError as err:
+            log.warning("%s; the earlier checkpoints are kept and training goes on (the next interval retries)", err)
+            self.failed_checkpoints += 1
+            return False
+        return True
 
     def _requeue(self) -> None:
         job = os.environ.get("SLURM_JOB_ID")
@@ -448,7 +459,8 @@ class Trainer:
         summary = {
             **self.run_info, "status": status, "error": error, "steps": self.step,
             "max_steps": self.tcfg.max_steps, "wall_seconds": round(wall, 2),
-            "train_seconds": round(self.train_seconds, 2), "final": self.last_eval, "best": self.best,
+            "train_seconds": round(self.train_seconds, 2), "failed_checkpoints": self.failed_checkpoints,
+            "final": self.last_eval, "best": self.best,
             "headline": {"name": headline.name, "value": final, "best": self.best.get(headline.name),
                          "higher_is_better": headline.higher_is_better},
         }
