@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -274,6 +275,17 @@ def auto_alpha(width: int, role: str = "ffn") -> float:
     return float(np.interp(math.log(width), [math.log(w) for w in _AUTO_WIDTHS], column))
 
 
+def _note_clamped_auto(alpha_init, widths: list[int], norm_type: str) -> None:
+    """`auto` outside the paper's LLM table takes its nearest row: say so once, it is an adjustment."""
+    uses_auto = alpha_init == "auto" or (isinstance(alpha_init, Mapping) and "auto" in alpha_init.values())
+    outside = sorted({w for w in widths if not _AUTO_WIDTHS[0] <= w <= _AUTO_WIDTHS[-1]})
+    if norm_type in ("dyt", "derf") and uses_auto and outside:
+        logging.getLogger("dyt").warning(
+            "alpha_init=auto: widths %s are outside the paper's LLM table (%d–%d); they take its nearest row "
+            "(α₀ %s / %s for attention / the rest)", ", ".join(map(str, outside)), _AUTO_WIDTHS[0], _AUTO_WIDTHS[-1],
+            f"{auto_alpha(outside[0], 'attn'):g}", f"{auto_alpha(outside[0], 'ffn'):g}")
+
+
 def resolve_alpha(alpha_init, role: str, width: int) -> float:
     """α₀ for one layer from a number, "auto", or a per-role mapping {attn, ffn, final} of those."""
     if isinstance(alpha_init, Mapping):
@@ -417,6 +429,7 @@ def convert(
     found = [f for f in found if not any(f[0].startswith(p + ".") for p, _, _ in found if p != f[0])]
 
     role_of = assign_roles([p for p, _, _ in found], roles)
+    _note_clamped_auto(alpha_init, [info.shape[-1] for _, _, info in found], norm_type)
     done: dict[str, Swap] = {}
     for path, module, info in found:
         role = role_of[path]

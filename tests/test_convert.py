@@ -234,3 +234,16 @@ def test_param_groups_rules_decay_everything_or_follow_the_dna_codebases():
     assert all(id(m.alpha) in decayed and id(m.weight) in decayed and id(m.bias) in kept for m in dyt)
     with pytest.raises(ValueError, match="unknown no_decay rule"):
         param_groups(model, 0.1, no_decay=("bogus",))
+
+
+def test_auto_alpha_outside_the_llm_table_says_it_took_the_nearest_row(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dyt"):
+        convert(tiny_vit(), "dyt", alpha_init="auto")
+    lines = [r.getMessage() for r in caplog.records if "alpha_init=auto" in r.getMessage()]
+    assert len(lines) == 1 and "outside the paper's LLM table (1024–8192)" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dyt"):
+        convert(tiny_vit(), "dyt", alpha_init=0.5)
+    assert not caplog.records

@@ -45,9 +45,44 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["task=dit", "task.sample.scheduler=euler"], "task.sample.scheduler=euler is unknown"),
     (["task=dit", "task.model.prediction=x0"], "task.model.prediction=x0 is unknown"),
     (["task=dit", "task.model.class_dropout=0"], "task.model.class_dropout > 0"),
+    # unknown keys anywhere, `+` additions included (the task section has no schema: its file is the reference)
+    (["+task.data.roott=/x"], "unknown config key task.data.roott; task.data takes: root"),
+    (["+task.augment.mixupp=0.5"], "unknown config key task.augment.mixupp"),
+    (["+trainer.optim.lrr=1"], "trainer.optim.lrr"),
+    (["task.data.roott=/x"], "unknown config key task.data.roott"),
+    (["logger=tensorbored"], "unknown logger 'tensorbored'"),
+    # types and ranges
+    (["seed=abc"], "seed='abc' must be an integer"),
+    (["norm.alpha_init=abc"], "is not a number"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 must be ≥ 1"),
+    (["trainer.optim.lr=0"], "trainer.optim.lr=0 must be > 0"),
+    (["trainer.mixed_precision=fp8"], "trainer.mixed_precision='fp8'"),
+    (["trainer.progress=verbose"], "trainer.progress='verbose'"),
+    (["trainer.optim.schedule=step"], "trainer.optim.schedule='step' is unknown"),
+    (["trainer.optim.no_decay=[bogus]"], "trainer.optim.no_decay has 'bogus'"),
+    (["norm.fn=relu"], "norm.fn='relu' is unknown"),
+    # strategy, precision and batch combinations that cannot work
+    (["trainer.strategy=zero3"], "trainer.strategy='zero3'"),
+    (["trainer.strategy=fsdp", "trainer.mixed_precision=fp16"], "fp16 does not go with trainer.strategy=fsdp"),
+    (["trainer.activation_checkpointing=half"], "trainer.activation_checkpointing='half'"),
+    (["trainer.shard_size=0"], "trainer.shard_size=0 must be ≥ 1"),
+    (["trainer.global_batch_size=100"], "trainer.global_batch_size=100 is not a multiple"),
+    # sizes that do not fit the sequence, stages, sweeps, paths and runs to start from
+    (["task=hyenadna", "task.size=debug"], "task.data.seq_len=512 does not fit task.size=debug's context of 256"),
+    (["task=llama", "task.data.seq_len=1"], "task.data.seq_len=1 must be at least 2"),
+    (["task=caduceus", "task.stage=eval"], "task.stage=eval is unknown"),
+    (["task=wav2vec2", "task.size=huge"], "task.size=huge is unknown"),
+    (["norm=dyt,layernorm"], "lists several values: that is a sweep, run it with -m"),
+    (["experiment=vit_b"], "task.data.root is required by this paper row"),
+    (["experiment=llama_7b"], "task.data.path is required by this paper row"),
+    (["init_from=/no/such/run"], "init_from=/no/such/run does not exist; give a run folder"),
+    (["init_from={empty}"], "holds no complete checkpoint"),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
     run_dir = tmp_path / "run"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("{empty}", str(empty)) for a in args]
     result = run_train(run_dir, *args, check=False, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -5,6 +5,7 @@ The schemas make a mistyped key (`norm.alpha_innit=1`, `trainer.max_step=5`) an 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -160,6 +161,9 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the key and the fix) for values that cannot run."""
     from dyt.convert import NORM_TYPES  # light: dyt.convert imports torch only
 
+    stages = cfg.task.get("schedule")
+    if stages is not None and cfg.task.get("stage") not in stages:  # trainer.* interpolate from the stage's schedule
+        raise ConfigError(f"task.stage={cfg.task.get('stage')} is unknown; use {' or '.join(map(str, stages))}")
     _check_keys(cfg.norm, NormConfig, "norm")
     _check_keys(cfg.trainer, TrainerConfig, "trainer")
     _check_keys(cfg.trainer.optim, OptimConfig, "trainer.optim")
@@ -193,7 +197,7 @@ def validate(cfg: DictConfig) -> None:
         if trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:
-        raise ConfigError(f"trainer.optim.lr={trainer.optim.lr} must be > 0")
+        raise ConfigError(f"trainer.optim.lr={trainer.optim.lr:g} must be > 0")
     from dyt.optim import NO_DECAY_RULES
 
     from .schedule import SCHEDULES
@@ -207,8 +211,58 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) in (None, "???", ""):
             raise ConfigError(f"{key} is required by this paper row ({cfg.get('group') or 'experiment'}); "
                               f"add {key}=/path/to/its/data")
-    _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True), "init_from": cfg.get("init_from")}, "")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer, e.g. seed=1")
+    if trainer.global_batch_size:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if trainer.global_batch_size % (trainer.batch_size * world):
+            raise ConfigError(f"trainer.global_batch_size={trainer.global_batch_size} is not a multiple of "
+                              f"trainer.batch_size × processes = {trainer.batch_size} × {world}; change trainer.batch_size")
+    _check_task_keys(cfg.task)
+    _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
+    _check_init_from(cfg.get("init_from"))
     _task_class(cfg.task).check_config(cfg.task)
+
+
+TASK_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "task"
+
+
+def _check_task_keys(task: DictConfig) -> None:
+    """The task section has no schema: its keys are those of its config file (configs/task/<name>.yaml), so
+    a mistyped `+task.data.roott=…` is named instead of silently ignored. A mapping that is `{}` there (timm
+    kwargs, LlamaConfig overrides, a size's model fields) takes any key."""
+    path = TASK_CONFIGS / f"{task.get('name')}.yaml"
+    if not path.exists():
+        return
+    known = OmegaConf.load(path).get("task")
+    if known is None:
+        return
+
+    def walk(node, reference, prefix: str) -> None:
+        for key in node.keys():
+            full = f"{prefix}.{key}"
+            if key not in reference:
+                raise ConfigError(f"unknown config key {full}; {prefix} takes: {', '.join(map(str, reference.keys()))}")
+            child, ref = node._get_node(key), reference._get_node(key)
+            if OmegaConf.is_dict(child) and OmegaConf.is_dict(ref) and len(ref) > 0:
+                walk(node[key], reference[key], full)
+
+    walk(task, known, "task")
+
+
+def _check_init_from(source) -> None:
+    """`init_from=` names a run folder or checkpoint holding a complete checkpoint, checked before any work."""
+    if not source:
+        return
+    from .checkpoint import MARKER, latest_checkpoint
+
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"init_from={source} does not exist; give a run folder or a checkpoint folder "
+                          "(outputs/<task>/<run>) to start from its weights")
+    if not ((path / MARKER).exists() or latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
+        raise ConfigError(f"init_from={source} holds no complete checkpoint (a run folder has checkpoints/step_*/ "
+                          "with a COMPLETE marker); point it at a finished or checkpointed run")
 
 
 def _task_class(task: DictConfig):

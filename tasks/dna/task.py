@@ -62,6 +62,12 @@ class GenomeTask(Task):
         if data.get("bed_path") and genome.BED_EXTENT % data.seq_len:
             raise ConfigError(f"task.data.seq_len={data.seq_len} must divide 2^20 with task.data.bed_path (the "
                               "official loader tiles each interval's 2^20 bp); e.g. task.data.seq_len=1024")
+        context = {**cls.sizes[cfg.size], **(cfg.get("model") or {})}.get("max_len")
+        window = data.seq_len + (cls.objective == "causal")  # a causal model reads one token more
+        if cfg.stage == "pretrain" and context and window > context:
+            raise ConfigError(f"task.data.seq_len={data.seq_len} does not fit task.size={cfg.size}'s context of "
+                              f"{context}{' (one more token is read)' if window > data.seq_len else ''}; "
+                              f"lower it, e.g. task.data.seq_len={context // 2}")
 
     def __init__(self, cfg):
         super().__init__(cfg)
