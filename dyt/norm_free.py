@@ -282,16 +282,21 @@ def sigma_reparam(model: nn.Module, *, exclude: Iterable[str] = ()) -> NormFreeC
     return NormFreeChanges(swaps, changes, "sigma_reparam")
 
 
+@torch.no_grad()
 def effective_spectral_norms(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """(γ, σ of the weight the layer uses) for every σReparam layer: equal once the power iteration converged."""
+    """(γ, σ of the weight the layer uses) for every σReparam layer: equal once the power iteration converged.
+    Reading them leaves the power iteration where it was (the parametrizations run in eval mode)."""
     out = {}
     for path, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            param = module.parametrizations.weight
-            if isinstance(param[0], SigmaReparam):
-                with torch.no_grad():
-                    effective = module.weight.flatten(1).float()
-                out[path] = (float(param[0].gamma), float(torch.linalg.matrix_norm(effective, ord=2)))
+        reparam = module.parametrizations.weight[0] if parametrize.is_parametrized(module, "weight") else None
+        if isinstance(reparam, SigmaReparam):
+            training = reparam.training
+            reparam.eval()
+            try:
+                effective = module.weight.flatten(1).float()
+            finally:
+                reparam.train(training)
+            out[path] = (float(reparam.gamma), float(torch.linalg.matrix_norm(effective, ord=2)))
     return out
 
 

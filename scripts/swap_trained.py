@@ -259,15 +259,14 @@ def run(source: Path, norm: str, *, rules=RULES, alpha: float = 0.5, steps: int 
 def markdown(results: dict) -> str:
     metric, steps = results["metric"], results["steps"]
     lines = [f"# Swapping the norms of a trained model: {results['source']}", "",
-             f"Task `{results['task']}`; every norm → `{results['norm']}`; α₀ recorded on {results['batches_recorded']} "
-             f"training batches; fine-tune: {steps} AdamW steps at a constant lr {results['lr']:g}, the same batches "
+             f"Task `{results['task']}`; every norm → `{results['norm']}`; α₀ recorded on "
+             f"{results['batches_recorded']} training batches; fine-tune: {steps} AdamW steps at a constant lr {results['lr']:g}, the same batches "
              f"for every row.", "",
              f"| model | α₀ | val {metric} before | val {metric} after {steps} steps | val loss before | after |",
              "|---|---|---|---|---|---|"]
     for name, v in results["variants"].items():
-        alphas = v["alpha_init"]
-        span = "-" if not alphas else (f"{min(alphas.values()):.3g}–{max(alphas.values()):.3g}"
-                                       if max(alphas.values()) > min(alphas.values()) else f"{next(iter(alphas.values())):.3g}")
+        low, high = (min(v["alpha_init"].values()), max(v["alpha_init"].values())) if v["alpha_init"] else (0, 0)
+        span = "-" if not v["alpha_init"] else f"{low:.3g}–{high:.3g}" if high > low else f"{low:.3g}"
         lines.append(f"| {name} | {span} | {v['before'][metric]:.4f} | {v['after'][metric]:.4f} | "
                      f"{v['before'].get('loss', float('nan')):.4f} | {v['after'].get('loss', float('nan')):.4f} |")
     lines += ["", "Input std per layer (the inv_std rule's α₀ is its inverse):", ""]

@@ -308,9 +308,10 @@ def run_pointwise(x, params, channels_last, kernel, fn="isru", dy_seed=1):
     return [y] + [None if t is None else t.grad for t in leaves]
 
 
-def assert_close_to_float64(got, x, params, channels_last, tol):
+def assert_close_to_float64(got, x, params, channels_last, tol, fn="isru"):
     """Each result against the float64 formula on the same rounded inputs, relative to its largest value."""
-    reference = run_pointwise(x.double(), [None if p is None else p.double() for p in params], channels_last, "eager")
+    reference = run_pointwise(x.double(), [None if p is None else p.double() for p in params], channels_last, "eager",
+                              fn=fn)
     for name, a, b in zip(("y", "dx", "dα", "dγ", "dβ"), got, reference):
         assert (a is None) == (b is None), name
         if a is not None:
@@ -340,7 +341,8 @@ def test_dyisru_custom_op_and_compiled_graph(built):
 
     x, alpha, weight, bias = make_inputs((3, 4, 40), True, "affine", torch.float32)
     args = (x.requires_grad_(), alpha.requires_grad_(), weight.requires_grad_(), bias, True, "cpu", "isru", 1 / 40)
-    torch.library.opcheck(ops.pointwise, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(ops.pointwise, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     torch.manual_seed(0)
     layer = PointwiseNorm(8, 0.7, False, fn="isru", kernel="cpu")
     x = torch.randn(2, 8, 3, 3, requires_grad=True)
@@ -370,3 +372,19 @@ def test_dyisru_triton_kernels_in_the_interpreter(tmp_path):
     for (x, *params), (_, cl, _, dtype), got in zip(inputs, cases, torch.load(tmp_path / "outputs.pt")):
         assert got[0].dtype == dtype
         assert_close_to_float64(got, x, params, cl, 2e-6 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the Triton kernels compiled for it)")
+@pytest.mark.parametrize("fn", ["tanh", "isru"])
+def test_triton_kernels_on_cuda(fn):
+    """The compiled Triton kernels on a GPU, both functions, both layouts (NCHW stored NHWC too), fp32 and bf16."""
+    cases = [((64, 197, 768), True, torch.float32), ((8, 128, 28, 28), False, torch.bfloat16),
+             ((4, 4096, 40), True, torch.bfloat16)]
+    for shape, channels_last, dtype in cases:
+        x, *params = make_inputs(shape, channels_last, "affine", dtype)
+        x = x * 4
+        if not channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = run_pointwise(x.cuda(), [p.cuda() for p in params], channels_last, "triton", fn=fn)
+        assert_close_to_float64([None if t is None else t.cpu() for t in got], x, params, channels_last,
+                                2e-6 if dtype == torch.float32 else 3e-2, fn=fn)

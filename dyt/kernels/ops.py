@@ -153,8 +153,8 @@ def _(dy, x, alpha, weight, channels_last, backend):
 def pointwise(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None, channels_last: bool,
               backend: str, fn: str, k: float) -> Tensor:
     """γ·f(α·x) + β in one pass for a function of FUSED_FUNCTIONS (k: its constant, isru's 1/C)."""
-    return resolve(backend, x).forward(x, alpha, weight, bias, channels_last, out_dtype(x, alpha, weight, bias),
-                                       fn, k)
+    dtype = out_dtype(x, alpha, weight, bias)
+    return resolve(backend, x).forward(x, alpha, weight, bias, channels_last, dtype, fn, k)
 
 
 @pointwise.register_fake

@@ -78,7 +78,7 @@ class NormConfig:
     # skipinit | fixup | sigma_reparam (norms removed and the model changed: dyt.norm_free)
     type: str = "dyt"
     alpha_init: Any = 0.5  # a number, "auto" (from the width), or {attn, ffn, final}
-    fn: Optional[str] = None  # dyt: a point-wise function of dyt.functional.POINTWISE (tanh, hardtanh, sigmoid, isru, …)
+    fn: Optional[str] = None  # dyt: a function of dyt.functional.POINTWISE (tanh, hardtanh, sigmoid, isru, …)
     learn_alpha: Optional[bool] = None
     alpha_per_channel: Optional[bool] = None
     shift_init: Optional[float] = None  # derf
@@ -168,11 +168,13 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg.trainer, TrainerConfig, "trainer")
     _check_keys(cfg.trainer.optim, OptimConfig, "trainer.optim")
     if cfg.norm.type not in (*NORM_TYPES, *METHODS, NATIVE):
-        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {', '.join((*NORM_TYPES, *METHODS, NATIVE))}")
+        known = ", ".join((*NORM_TYPES, *METHODS, NATIVE))
+        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {known}")
     if cfg.norm.type in ALPHA_NORMS:
         _check_alpha(cfg.norm.alpha_init)
     if cfg.norm.type == "dyt" and cfg.norm.fn is not None and cfg.norm.fn not in POINTWISE:
-        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use one of {', '.join(POINTWISE)} (dyt.functional.POINTWISE)")
+        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use one of {', '.join(POINTWISE)} "
+                          "(dyt.functional.POINTWISE)")
     if cfg.norm.kernel is not None:
         from dyt.kernels import KERNELS
 
