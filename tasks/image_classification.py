@@ -66,6 +66,16 @@ def _vgg(num_classes: int, in_chans: int, cfg: list, mlp_ratio: float, **kwargs)
                **kwargs)
 
 
+@torch.no_grad()
+def _torchvision_vgg_head_init_(model: nn.Module) -> None:
+    """timm's VGG holds torchvision's first two classifier Linears as convolutions (`pre_logits.fc1`, 7×7, and
+    `fc2`, 1×1) and initialises them as convolutions (Kaiming, fan-out); torchvision's VGG._initialize_weights
+    draws its Linears from N(0, 0.01) with zero bias (pytorch/vision torchvision/models/vgg.py)."""
+    for layer in (model.pre_logits.fc1, model.pre_logits.fc2):
+        nn.init.normal_(layer.weight, 0, 0.01)
+        nn.init.zeros_(layer.bias)
+
+
 class ImageClassification(Task):
     headline = Headline("val/acc", higher_is_better=True)
 
@@ -120,11 +130,15 @@ class ImageClassification(Task):
             # sequence, left out of the pool: jiachenzhu/DyT main.py, create_model(global_pool='avg'))
             kwargs = {"img_size": self.image_size, "global_pool": "avg", **kwargs}
         if name == "vgg":
-            return _vgg(self.num_classes, self.channels, **kwargs)
-        if self.cfg.model.drop_path_rate:
-            kwargs["drop_path_rate"] = self.cfg.model.drop_path_rate  # VGG has no drop path
-        return timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
-                                 **kwargs)
+            model = _vgg(self.num_classes, self.channels, **kwargs)
+        else:
+            if self.cfg.model.drop_path_rate:
+                kwargs["drop_path_rate"] = self.cfg.model.drop_path_rate  # VGG has no drop path
+            model = timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
+                                      **kwargs)
+        if name.startswith("vgg"):
+            _torchvision_vgg_head_init_(model)
+        return model
 
     @property
     def image_size(self) -> int:
