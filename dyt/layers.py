@@ -6,12 +6,11 @@ and the layout (channels-last, or channels-first for NCHW tensors as in ConvNeXt
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-import math
 
 from .functional import POINTWISE, dynamic_tanh, pointwise_norm
 from .kernels import dispatch

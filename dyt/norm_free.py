@@ -174,7 +174,7 @@ def skipinit(model: nn.Module, *, init: float = 0.0, exclude: Iterable[str] = ()
 
 
 def fixup_factor(branches: int, depth: int) -> float:
-    """Fixup's rescaling of the weight layers inside a branch: L^(-1/(2m-2)) (Zhang et al. 2019, Eq. 3)."""
+    """Fixup's rescaling of the weight layers inside a branch: L^(-1/(2m-2)) (Zhang et al. 2019, §3, rule 2)."""
     return branches ** (-1.0 / (2 * depth - 2))
 
 
