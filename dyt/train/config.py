@@ -75,9 +75,11 @@ class TrainerConfig:
 class NormConfig:
     """The norm every normalization layer becomes (`dyt.convert`); None leaves a switch at its default."""
 
-    type: str = "dyt"  # dyt | derf | layernorm | rmsnorm | identity | native (the model's own norms, untouched)
+    # dyt | derf | layernorm | rmsnorm | identity | native (the model's own norms, untouched) |
+    # skipinit | fixup | sigma_reparam (norms removed and the model changed: dyt.norm_free)
+    type: str = "dyt"
     alpha_init: Any = 0.5  # a number, "auto" (from the width), or {attn, ffn, final}
-    fn: Optional[str] = None  # dyt: tanh | hardtanh | sigmoid
+    fn: Optional[str] = None  # dyt: a function of dyt.functional.POINTWISE (tanh, hardtanh, sigmoid, isru, …)
     learn_alpha: Optional[bool] = None
     alpha_per_channel: Optional[bool] = None
     shift_init: Optional[float] = None  # derf
@@ -160,6 +162,8 @@ def _check_keys(node: DictConfig, schema, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the key and the fix) for values that cannot run."""
     from dyt.convert import NORM_TYPES  # light: dyt.convert imports torch only
+    from dyt.functional import POINTWISE
+    from dyt.norm_free import METHODS
 
     stages = cfg.task.get("schedule")
     if stages is not None and cfg.task.get("stage") not in stages:  # trainer.* interpolate from the stage's schedule
@@ -167,12 +171,14 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg.norm, NormConfig, "norm")
     _check_keys(cfg.trainer, TrainerConfig, "trainer")
     _check_keys(cfg.trainer.optim, OptimConfig, "trainer.optim")
-    if cfg.norm.type not in (*NORM_TYPES, NATIVE):
-        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {', '.join((*NORM_TYPES, NATIVE))}")
+    if cfg.norm.type not in (*NORM_TYPES, *METHODS, NATIVE):
+        known = ", ".join((*NORM_TYPES, *METHODS, NATIVE))
+        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {known}")
     if cfg.norm.type in ALPHA_NORMS:
         _check_alpha(cfg.norm.alpha_init)
-    if cfg.norm.type == "dyt" and cfg.norm.fn not in (None, "tanh", "hardtanh", "sigmoid"):
-        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use tanh, hardtanh or sigmoid")
+    if cfg.norm.type == "dyt" and cfg.norm.fn is not None and cfg.norm.fn not in POINTWISE:
+        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use one of {', '.join(POINTWISE)} "
+                          "(dyt.functional.POINTWISE)")
     if cfg.norm.kernel is not None:
         from dyt.kernels import KERNELS
 
@@ -222,6 +228,22 @@ def validate(cfg: DictConfig) -> None:
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
     _check_init_from(cfg.get("init_from"))
     _task_class(cfg.task).check_config(cfg.task)
+    if cfg.norm.type in METHODS:
+        _check_norm_free(cfg)
+
+
+def _check_norm_free(cfg: DictConfig) -> None:
+    """skipinit / fixup need residual blocks dyt.norm_free knows: read them off the model built on the meta device."""
+    import torch
+
+    from dyt.norm_free import NotApplicable, check_applicable
+
+    with torch.device("meta"):
+        model = _task_class(cfg.task)(cfg.task).build_model()
+    try:
+        check_applicable(model, cfg.norm.type)
+    except NotApplicable as err:
+        raise ConfigError(f"{err} (task {cfg.task.name}); norm=dyt or another norm applies to any task") from None
 
 
 TASK_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "task"

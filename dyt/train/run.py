@@ -125,6 +125,7 @@ def build_model(cfg: DictConfig, task, *, load_weights: bool = True):
     import torch
     from accelerate.utils import set_seed
 
+    from dyt import norm_free
     from dyt.convert import SwapList, convert
 
     set_seed(cfg.seed)
@@ -135,8 +136,11 @@ def build_model(cfg: DictConfig, task, *, load_weights: bool = True):
             model = task.build_model()
     if cfg.norm.type == NATIVE:
         swaps = SwapList()
-    else:
-        swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude)
+    elif cfg.norm.type in norm_free.METHODS:  # skipinit, fixup, sigma_reparam: norms removed, the model changed
+        swaps = norm_free.apply(model, cfg.norm.type, exclude=task.norm_exclude)
+    else:  # a task may opt norms in that convert leaves alone by default (task=resnet: BatchNorm)
+        swaps = convert(model, norm_spec(cfg.norm), roles=task.norm_roles, exclude=task.norm_exclude,
+                        include=getattr(task, "norm_include", ()))
     task.adapt_to_norm(model, cfg.norm)
     if cfg.get("init_from") and load_weights:
         _init_from(model, cfg.init_from)
