@@ -112,12 +112,18 @@ def numpy_seed(seed: int):
 
 class Wav2Vec2Pretraining(Task):
     headline = Headline("val/loss", higher_is_better=False)
+    open_sections = ("model",)  # Wav2Vec2Config's fields, checked against it
     shard_units = r"wav2vec2\.encoder\.layers\.\d+"  # the Transformer layers
 
     @classmethod
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+        fields = Wav2Vec2Config().to_dict()  # task.model: Wav2Vec2Config fields, which would take a typo silently
+        unknown = sorted(k for k in cfg.model if k not in fields)
+        if unknown:
+            raise ConfigError(f"unknown config key task.model.{unknown[0]}: task.model takes Wav2Vec2Config's fields "
+                              "(transformers), e.g. task.model.layerdrop")
         if cfg.front_end not in (None, "conv", "log_mel"):
             raise ConfigError(f"task.front_end={cfg.front_end} is unknown; use conv or log_mel (null: the size's)")
         if cfg.model.get("feat_extract_norm", "group") not in ("group", "layer"):

@@ -224,7 +224,7 @@ def validate(cfg: DictConfig) -> None:
         if trainer.global_batch_size % (trainer.batch_size * world):
             raise ConfigError(f"trainer.global_batch_size={trainer.global_batch_size} is not a multiple of "
                               f"trainer.batch_size × processes = {trainer.batch_size} × {world}; change trainer.batch_size")
-    _check_task_keys(cfg.task)
+    _check_task_keys(cfg.task, _task_class(cfg.task).open_sections)
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
     _check_init_from(cfg.get("init_from"))
     _task_class(cfg.task).check_config(cfg.task)
@@ -249,10 +249,11 @@ def _check_norm_free(cfg: DictConfig) -> None:
 TASK_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "task"
 
 
-def _check_task_keys(task: DictConfig) -> None:
+def _check_task_keys(task: DictConfig, open_sections: tuple[str, ...] = ()) -> None:
     """The task section has no schema: its keys are those of its config file (configs/task/<name>.yaml), so
     a mistyped `+task.data.roott=…` is named instead of silently ignored. A mapping that is `{}` there (timm
-    kwargs, LlamaConfig overrides, a size's model fields) takes any key."""
+    kwargs, LlamaConfig overrides, a size's model fields), or that the task names in `open_sections`, takes any
+    key (the task checks those)."""
     path = TASK_CONFIGS / f"{task.get('name')}.yaml"
     if not path.exists():
         return
@@ -266,6 +267,8 @@ def _check_task_keys(task: DictConfig) -> None:
             if key not in reference:
                 raise ConfigError(f"unknown config key {full}; {prefix} takes: {', '.join(map(str, reference.keys()))}")
             child, ref = node._get_node(key), reference._get_node(key)
+            if full.removeprefix("task.") in open_sections:
+                continue
             if OmegaConf.is_dict(child) and OmegaConf.is_dict(ref) and len(ref) > 0:
                 walk(node[key], reference[key], full)
 
