@@ -509,7 +509,8 @@ class Trainer:
             write_json(self.run_dir / "summary.json", summary)
             self.tracker.summary({
                 "status": status, "steps": self.step, "headline": final, "headline_best": self.best.get(headline.name),
-                "headline_name": headline.name, "params": self.run_info.get("params"),
+                "headline_name": headline.name, "headline_higher_is_better": headline.higher_is_better,
+                "params": self.run_info.get("params"),
                 "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],
                 "segments": len(segments), **self._seen()})
         return summary
