@@ -60,7 +60,7 @@ def build_workspace(entity: str, project: str, *, group: str | None = None, head
                                        metric_regex="^alpha/.*"),
                            wr.LinePlot(title="input std per layer", x="Step", metric_regex="^input_std/.*")]),
     ]
-    filters = [ws.Metric("Group") == group] if group else ""
+    filters = ws.And(ws.Metric("Group") == group) if group else ""
     return ws.Workspace(
         entity=entity, project=project, name=name or f"LN vs DyT{f' — {group}' if group else ''}",
         sections=sections,

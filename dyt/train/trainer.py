@@ -512,7 +512,7 @@ class Trainer:
                 "headline_name": headline.name, "headline_higher_is_better": headline.higher_is_better,
                 "params": self.run_info.get("params"),
                 "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],
-                "segments": len(segments), **self._seen()})
+                "segments": len(segments)})  # samples / tokens seen: their maxima, by define_metric
         return summary
 
 
