@@ -63,15 +63,22 @@ def load_wandb_runs(path: str, group: str | None) -> list[Run]:
     return runs
 
 
-def _mean_std(values: list[float], decimals: int | None = None) -> str:
-    """Mean ± std over seeds: 4 significant digits, or `decimals` places for times."""
+def _mean_std(values: list[float]) -> str:
     if not values:
         return "–"
-    number = (lambda v: f"{v:.{decimals}f}") if decimals is not None else (lambda v: f"{v:.4g}")
     if len(values) == 1:
-        return number(values[0])
-    spread = f"{statistics.stdev(values):.{decimals}f}" if decimals is not None else f"{statistics.stdev(values):.2g}"
-    return f"{number(statistics.mean(values))} ± {spread}"
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _rounded_mean_std(values: list[float]) -> str:
+    """Times: the mean to two significant digits and the std to the same decimal place (12 ± 1, 0.024 ± 0.003)."""
+    if not values:
+        return "–"
+    mean = statistics.mean(values)
+    decimals = min(max(0, 1 - math.floor(math.log10(mean))), 4) if mean > 0 else 1
+    text = f"{mean:.{decimals}f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.{decimals}f}"
 
 
 # norms without α₀: the baselines, in the order one is picked when several are compared
@@ -238,7 +245,7 @@ def table(groups: dict[str, list[Run]], baseline: str | None = None) -> str:
         delta = (f"{paired_difference(runs, groups[against[label]])} vs {against[label].split(' ', 1)[0]}"
                  if label in against else "baseline" if label in against.values() else "–")
         lines.append(f"| {label} | {alpha_text(runs)} | {len(runs)} | {status} | {final} | {delta} | "
-                     f"{_mean_std(bests)} | {_mean_std(minutes, decimals=1)} |" + "".join(f" {a} |" for a in accuracies))
+                     f"{_mean_std(bests)} | {_rounded_mean_std(minutes)} |" + "".join(f" {a} |" for a in accuracies))
     return "\n".join(lines)
 
 

@@ -214,7 +214,9 @@ def test_compare_draws_one_band_per_norm_and_a_delta_to_layernorm(sweep, tmp_pat
     delta, minutes = "Δ to baseline (95% CI)", "wall time (min)"
     assert rows["dyt-a0.5"]["α₀"] == "0.5" and rows["dyt-a1"]["α₀"] == "1" and rows["layernorm"]["α₀"] == "–"
     assert rows["dyt-a1"][delta].endswith("(2 seeds) vs layernorm") and rows["layernorm"][delta] == "baseline"
-    assert all(len(row[minutes].split(" ± ")[0].split(".")[1]) == 1 for row in rows.values())  # rounded
+    for row in rows.values():  # rounded: two significant digits, the std to the same place
+        mean, std = row[minutes].split(" ± ")
+        assert len(mean.replace(".", "").lstrip("0")) == 2 and len(mean.split(".")[-1]) == len(std.split(".")[-1])
 
 
 def test_killed_and_resumed_run_adds_up_its_segments_and_syncs_both(tmp_path):
@@ -282,8 +284,7 @@ def test_an_uninstalled_tracker_is_one_clear_line_before_any_work(tmp_path):
         pytest.skip("mlflow is installed here")
     result = run_train(tmp_path / "run", *TINY_VIT, "logger=[tensorboard,mlflow]", check=False, timeout=120)
     assert result.returncode == 2 and not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
-    assert result.stderr.strip().splitlines()[-1] == ('error: logger=mlflow needs the mlflow package: pip install '
-                                                      'mlflow (or pip install -e ".[trackers]")')
+    assert result.stderr.strip().splitlines()[-1] == "error: logger=mlflow needs the mlflow package: pip install mlflow"
 
 
 def test_train_log_keeps_step_lines_under_the_progress_bar(tmp_path):

@@ -30,7 +30,8 @@ WANDB_ID_FILE = "wandb_id.txt"
 MLFLOW_ID_FILE = "mlflow_id.txt"
 AIM_ID_FILE = "aim_id.txt"
 TENSORBOARD_DIR = "tensorboard"
-# logger name → the package it needs (the extra that brings it: pip install -e ".[trackers]")
+# logger name → the package it needs (wandb and tensorboard come with the suite; the others are extras of the
+# same name: pip install -e ".[mlflow]")
 TRACKER_PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "aim": "aim",
                     "trackio": "trackio"}
 
@@ -69,8 +70,7 @@ def missing_logger(logger_cfg) -> str | None:
             return f"logger={name} is unknown; use one or several of {', '.join(TRACKER_PACKAGES)}, or none"
         package = TRACKER_PACKAGES[name]
         if importlib.util.find_spec(package) is None:
-            return (f"logger={name} needs the {package} package: pip install {package} "
-                    f"(or pip install -e \".[trackers]\")")
+            return f"logger={name} needs the {package} package: pip install {package}"
     return None
 
 
