@@ -9,11 +9,13 @@ sharing one extension cache each load their own build instead of rebuilding over
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -46,19 +48,58 @@ def extension():
         isa = _ISA_FLAGS.get(capability, [])
         source = SOURCE.read_text()
         digest = hashlib.sha1(source.encode()).hexdigest()[:8]
-        return load_inline(
-            name=f"dyt_cpu_{capability.lower() if isa else 'default'}_{digest}",
-            cpp_sources=[source],
-            extra_cflags=["-O3", "-fopenmp", *isa, *os.environ.get("DYT_CPU_CFLAGS", "").split()],
-            extra_ldflags=["-fopenmp"],
-            verbose=bool(os.environ.get("DYT_VERBOSE_BUILD")),
-        )
+        name = f"dyt_cpu_{capability.lower() if isa else 'default'}_{digest}"
+        folder = _cache_folder(name)
+        fresh = folder is None or not any(folder.glob(f"{name}*.so"))
+        if fresh:  # else it loads in a moment: nothing to say
+            log.info("dyt: compiling the fused CPU kernel %s (first use on this machine, about a minute; cached in "
+                     "%s)", name, folder or "torch's extension folder")
+        with _elapsed(f"compiling {name}") if fresh else contextlib.nullcontext():
+            return load_inline(
+                name=name,
+                cpp_sources=[source],
+                extra_cflags=["-O3", "-fopenmp", *isa, *os.environ.get("DYT_CPU_CFLAGS", "").split()],
+                extra_ldflags=["-fopenmp"],
+                verbose=bool(os.environ.get("DYT_VERBOSE_BUILD")),
+            )
     except Exception as error:  # a broken toolchain shows up as many different errors
         message = " ".join(str(error).split())[:200] or type(error).__name__
         log.warning("dyt: the fused CPU kernel could not be built (%s); using the unfused formula", message)
         return None
     finally:
         quiet.setLevel(level)
+
+
+def _cache_folder(name: str) -> Path | None:
+    """Where torch's builder keeps this extension (TORCH_EXTENSIONS_DIR, else a per-Python/CUDA folder under
+    ~/.cache/torch_extensions), or None if torch no longer says."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False))
+    except Exception:  # noqa: BLE001 — a private helper: the notice then shows every time
+        return None
+
+
+@contextlib.contextmanager
+def _elapsed(what: str):
+    """A bar that counts the seconds of one long blocking call (the compiler gives no progress to show), drawn
+    once it has taken more than a few seconds, on a terminal only."""
+    from tqdm.auto import tqdm
+
+    done = threading.Event()
+    with tqdm(desc=what, bar_format="{desc}: {elapsed}", delay=3, disable=None) as bar:
+        def tick():
+            while not done.wait(1):
+                bar.update(0)  # redraws the elapsed time (once the delay has passed)
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
 
 
 def available() -> bool:

@@ -224,6 +224,11 @@ def validate(cfg: DictConfig) -> None:
         if trainer.global_batch_size % (trainer.batch_size * world):
             raise ConfigError(f"trainer.global_batch_size={trainer.global_batch_size} is not a multiple of "
                               f"trainer.batch_size × processes = {trainer.batch_size} × {world}; change trainer.batch_size")
+    from .tracking import missing_logger
+
+    problem = missing_logger(cfg.logger)  # an unknown tracker, or one whose package is not installed
+    if problem:
+        raise ConfigError(problem)
     _check_task_keys(cfg.task, _task_class(cfg.task).open_sections)
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
     _check_init_from(cfg.get("init_from"))

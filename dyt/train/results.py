@@ -7,10 +7,23 @@ from pathlib import Path
 
 import yaml
 
-from .tracking import read_metrics
 
 # config keys that never tell configurations apart
 _IGNORED = ("run_dir", "seed", "group", "logger.", "trainer.progress", "swept.")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's rows, up to a line cut short by a kill."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .cache import cache_lock
 
+log = logging.getLogger(__name__)
 EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 END_OF_TEXT = "<|endoftext|>"
 # file suffix → datasets builder; compressed files (.gz, .zst, …) are read through fsspec
@@ -133,6 +135,8 @@ def trained_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path):
     tokenizer folder; loaded from there when it already exists. Documents end with `<|endoftext|>`."""
     with cache_lock(folder):  # sweep points started together share the cache
         if not (folder / "tokenizer.json").exists():
+            log.info("training a byte-level BPE tokenizer (vocabulary %d) on the text: first use of this text and "
+                     "size, cached in %s", vocab_size, folder)
             _train_tokenizer(texts, vocab_size, folder)
     return load_tokenizer(folder)
 
@@ -142,6 +146,7 @@ def _train_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> Non
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
+    # tokenizers draws its own progress bars (reading the text, counting pairs, merging) on a terminal
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT])
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,10 +170,14 @@ def token_file(batches: Iterable[list[str]], tokenizer, path: Path) -> np.memmap
     uint16 while the vocabulary fits, else uint32; the dtype is the file's suffix."""
     with cache_lock(path):
         if not path.exists():
+            from tqdm.auto import tqdm
+
+            log.info("tokenizing the text once into %s (first use of this text and tokenizer)", path)
             eot = end_of_text_id(tokenizer)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as out:
-                for texts in batches:
+                # a bar once it takes more than a few seconds, on a terminal
+                for texts in tqdm(batches, desc="tokenizing", unit="batch", delay=3, disable=None):
                     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
                         np.asarray(ids + [eot], dtype=path.suffix[1:]).tofile(out)
             tmp.replace(path)
