@@ -107,24 +107,19 @@ def test_augmentation_is_torchvisions(row, tmp_path):
     assert tuple(round(s, 3) for s in val_steps[3].std.tolist()) == (0.229, 0.224, 0.225)
 
 
-def test_adamw_stand_in_is_the_documented_one(row):
-    """Until the trainer has SGD and a step schedule: AdamW at the DyT paper's own ImageNet recipe (jiachenzhu/DyT
-    main.py: lr 4e-3, weight decay 0.05 at batch 4096), the lr scaled linearly to batch 256, cosine to 0."""
-    _, _, cfg = row
-    optim = cfg.trainer.optim
-    assert optim.lr == pytest.approx(4e-3 * 256 / 4096) and optim.weight_decay == 0.05
-    assert optim.schedule == "cosine" and optim.min_lr_ratio == 0
-
-
-@pytest.mark.xfail(strict=True, reason="the trainer has AdamW and no step schedule: torchvision's SGD(momentum 0.9, "
-                                       "lr 0.1, wd 1e-4) with StepLR(30 epochs, 0.1) needs trainer.optim.name=sgd and "
-                                       "a step schedule (asked for); the rows run the AdamW stand-in")
 def test_optimizer_is_torchvisions_sgd_with_step_decay(row):
     _, _, cfg = row
     optim = cfg.trainer.optim
-    assert optim.get("name") == "sgd" and optim.get("momentum") == TORCHVISION["momentum"]  # train.py: SGD
+    assert optim.name == "sgd" and optim.momentum == TORCHVISION["momentum"] and not optim.nesterov  # train.py: SGD
     assert optim.lr == TORCHVISION["lr"] and optim.weight_decay == TORCHVISION["weight_decay"]  # README.md
-    assert optim.schedule == "step"  # train.py: StepLR(step_size=30 epochs, gamma=0.1)
+    assert optim.schedule == "step" and optim.gamma == TORCHVISION["lr_gamma"]  # train.py: StepLR
+    assert optim.step_size == TORCHVISION["lr_step_size"] * (IMAGENET_TRAIN // 256)  # --lr-step-size 30 epochs
+    from dyt.train.schedule import learning_rate
+
+    lr = lambda step: learning_rate("step", step, peak=0.1, total=cfg.trainer.max_steps,  # noqa: E731
+                                    step_size=optim.step_size, gamma=optim.gamma)
+    assert lr(optim.step_size - 1) == 0.1 and lr(optim.step_size) == pytest.approx(0.01)
+    assert lr(cfg.trainer.max_steps - 1) == pytest.approx(1e-3)
 
 
 def test_a_row_without_imagenet_stops_at_start(row):

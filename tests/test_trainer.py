@@ -268,6 +268,13 @@ def test_linear_schedule_is_fairseqs_polynomial_decay():
     assert learning_rate("constant", 7, peak=3.0, total=10) == 3.0
 
 
+def test_sgd_with_step_decay_trains_as_torchvisions_recipe_asks(tmp_path):
+    run_train(tmp_path, *TINY_VIT, "trainer.optim.name=sgd", "trainer.optim.lr=0.1", "trainer.optim.schedule=step",
+              "trainer.optim.step_size=2", "trainer.optim.warmup_steps=0", "trainer.max_steps=4", "trainer.log_every=1")
+    lrs = [r["lr"] for r in metrics(tmp_path) if "lr" in r]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01]) and summary(tmp_path)["status"] == "completed"
+
+
 def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
     (tmp_path / "step_00000010").mkdir()
     (tmp_path / "step_00000010" / MARKER).touch()

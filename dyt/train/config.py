@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | sgd (with momentum; its weight decay is L2 through the gradient, torchvision's)
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -29,7 +30,11 @@ class OptimConfig:
     decay_alpha: bool = False
     # parameters kept out of weight decay, by rule (dyt.optim.NO_DECAY_RULES): timm's default; [] decays all
     no_decay: list[str] = field(default_factory=lambda: ["one_dim", "listed"])
-    schedule: str = "cosine"  # cosine | fms_fsdp | linear | constant (dyt.train.schedule)
+    schedule: str = "cosine"  # cosine | fms_fsdp | linear | constant | step (dyt.train.schedule)
+    step_size: int = 0  # schedule=step: the lr is multiplied by `gamma` every this many steps
+    gamma: float = 0.1
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio × lr
     clip_grad: Optional[float] = 1.0
@@ -208,6 +213,10 @@ def validate(cfg: DictConfig) -> None:
 
     from .schedule import SCHEDULES
 
+    if trainer.optim.name not in ("adamw", "sgd"):
+        raise ConfigError(f"trainer.optim.name={trainer.optim.name!r} is unknown; use adamw or sgd")
+    if trainer.optim.schedule == "step" and trainer.optim.step_size < 1:
+        raise ConfigError("trainer.optim.schedule=step needs trainer.optim.step_size ≥ 1 (steps between decays)")
     if trainer.optim.schedule not in SCHEDULES:
         raise ConfigError(f"trainer.optim.schedule={trainer.optim.schedule!r} is unknown; use {', '.join(SCHEDULES)}")
     for rule in trainer.optim.no_decay:

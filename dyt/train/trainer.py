@@ -123,8 +123,12 @@ class Trainer:
         optim = tcfg.optim
         # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
         groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                      fused=True if acc.device.type == "cuda" else None)
+        fused = True if acc.device.type == "cuda" else None
+        if optim.name == "sgd":  # torchvision's: momentum, weight decay as L2 added to the gradient
+            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                                        fused=fused)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
         if self.sharded:  # never through acc.prepare, which would wrap the sharded model in DDP
             self.model, self.optimizer = model, optimizer
         else:
@@ -339,7 +343,8 @@ class Trainer:
     def _set_lr(self) -> float:
         optim = self.tcfg.optim
         lr = learning_rate(optim.schedule, self.step, peak=optim.lr, total=self.tcfg.max_steps,
-                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio)
+                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio, step_size=optim.step_size,
+                           gamma=optim.gamma)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
