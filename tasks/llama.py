@@ -187,7 +187,7 @@ class Llama(Task):
         if corpus.cfg.streaming and not corpus.embedded:
             found["corpus"] = corpus.source_id
         else:
-            found["tokens"] = Path(corpus.token_file().filename)
+            found["tokens"] = corpus.token_path  # made by build_data; asked on the main process alone, so no barrier
         return found
 
     def _token_losses(self, model, batch: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["trainer.optim.lr=0"], "trainer.optim.lr=0 must be > 0"),
     (["trainer.mixed_precision=fp8"], "trainer.mixed_precision='fp8'"),
     (["trainer.progress=verbose"], "trainer.progress='verbose'"),
-    (["trainer.optim.schedule=step"], "trainer.optim.schedule='step' is unknown"),
+    (["trainer.optim.schedule=poly"], "trainer.optim.schedule='poly' is unknown"),
+    (["trainer.optim.schedule=step"], "needs trainer.optim.step_size"),
     (["trainer.optim.no_decay=[bogus]"], "trainer.optim.no_decay has 'bogus'"),
     (["norm.fn=relu"], "norm.fn='relu' is unknown"),
     # strategy, precision and batch combinations that cannot work

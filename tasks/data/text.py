@@ -418,11 +418,17 @@ class TextCorpus:
         """Every document tokenized once, joined by the end-of-text token (made on the main process first)."""
         from accelerate import PartialState
 
-        tokenizer = self.tokenizer
-        path = self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
+        path = self.token_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with PartialState().main_process_first():
-            return token_file(self._batches(), tokenizer, path)
+            return token_file(self._batches(), self.tokenizer, path)
+
+    @property
+    def token_path(self) -> Path:
+        """Where `token_file` keeps the tokens: named by the corpus and the tokenizer, so either changing makes a
+        new file."""
+        tokenizer = self.tokenizer
+        return self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
 
     def held_out_texts(self) -> tuple[Iterator[str], Iterator[str] | None]:
         """(the validation text, the training text) as documents of plain text, decoded lazily one document at a
