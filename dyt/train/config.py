@@ -32,6 +32,8 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio × lr
     clip_grad: Optional[float] = 1.0
+    # layer-wise lr decay (MAE fine-tuning): the lr of layer i of n is layer_decay^(n - i) × the schedule's; 1.0 = off
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -194,6 +196,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:
         raise ConfigError(f"trainer.optim.lr={trainer.optim.lr} must be > 0")
+    if not 0 < trainer.optim.layer_decay <= 1:
+        raise ConfigError(f"trainer.optim.layer_decay={trainer.optim.layer_decay} must be in (0, 1]; 1.0 is off")
     from dyt.optim import NO_DECAY_RULES
 
     from .schedule import SCHEDULES

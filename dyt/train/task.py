@@ -33,6 +33,9 @@ class Task:
     unused_parameters: bool = False
     # a convolutional model that runs faster with NHWC weights and inputs (trainer.channels_last)
     prefers_channels_last: bool = False
+    # layer-wise lr decay (trainer.optim.layer_decay < 1): a method (parameter name, layer_decay) → the factor on
+    # that parameter's lr; None: the task has no order of layers and the trainer refuses a decay
+    lr_scale = None
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

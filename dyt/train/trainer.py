@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -121,7 +122,14 @@ class Trainer:
         self.eval_padding = self._eval_padding()
         optim = tcfg.optim
         # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
-        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
+        lr_scale = None
+        if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers
+            if task.lr_scale is None:
+                raise ValueError(f"trainer.optim.layer_decay={optim.layer_decay} needs a task that orders its layers "
+                                 f"(Task.lr_scale); {task.name} does not")
+            lr_scale = partial(task.lr_scale, layer_decay=optim.layer_decay)
+        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay,
+                              lr_scale=lr_scale)
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                       fused=True if acc.device.type == "cuda" else None)
         if self.sharded:  # never through acc.prepare, which would wrap the sharded model in DDP
@@ -299,7 +307,7 @@ class Trainer:
         lr = learning_rate(optim.schedule, self.step, peak=optim.lr, total=self.tcfg.max_steps,
                            warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (trainer.optim.layer_decay)
         return lr
 
     # ------------------------------------------------------------ logging, eval, checkpoints
