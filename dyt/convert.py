@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .functional import POINTWISE
 from .layers import SQUASHING_CLASSES, LayerNorm2d, PointwiseNorm, RMSNorm2d
 
 ROLES = ("attn", "ffn", "final")
@@ -37,7 +39,14 @@ _COMMON_OPTIONS = {"elementwise_affine", "bias", "channels_last"}
 def norm_options(norm_type: str) -> set[str]:
     """The options `convert` accepts for a norm type."""
     return _TYPE_OPTIONS[norm_type] | _COMMON_OPTIONS
+
+
 _STATISTICS_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm)
+# norms `convert` leaves alone unless `include` names them: their statistics are over the batch
+INCLUDABLE = ("batchnorm",)
+# the BatchNorm classes whose forward is the normalisation alone (subclasses such as timm's BatchNormAct2d also
+# run an activation, which a replacement would drop)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -173,11 +182,21 @@ def _probe_size(module: nn.Module) -> int | None:
     return None
 
 
+def _describe_batchnorm(module: nn.Module) -> NormInfo | str:
+    """BatchNorm as a channels-first norm over dim 1 (N, C, …): γ and β per channel, running statistics dropped."""
+    if type(module) not in _BATCHNORMS:
+        return f"a BatchNorm subclass ({type(module).__name__}) whose forward does more than normalise"
+    return NormInfo("batchnorm", (module.num_features,), False, module.affine, module.affine, module.eps)
+
+
 def describe_norm(module: nn.Module) -> NormInfo | str | None:
-    """NormInfo for a norm we can replace, a reason string for one we leave alone, None otherwise."""
+    """NormInfo for a norm we can replace, a reason string for one we leave alone, None otherwise. BatchNorm is
+    described (kind "batchnorm"); `convert` replaces it only when asked (`include`)."""
     if isinstance(module, PointwiseNorm):
         return NormInfo(module.fn, module.normalized_shape, module.channels_last, module.weight is not None,
                         module.bias is not None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _describe_batchnorm(module)
     if isinstance(module, _STATISTICS_NORMS):
         return "uses batch or group statistics"
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
@@ -204,10 +223,17 @@ def describe_norm(module: nn.Module) -> NormInfo | str | None:
     return info
 
 
+def _pointwise_class(fn: str) -> type[PointwiseNorm]:
+    """The layer class of `norm=dyt fn=…`: the named relatives, else PointwiseNorm with that fn (erf without
+    Derf's shift is PointwiseNorm too: `norm=derf` is Derf)."""
+    return SQUASHING_CLASSES[fn] if fn in ("tanh", "hardtanh", "sigmoid") else PointwiseNorm
+
+
 def _is_target(module: nn.Module, norm_type: str, options: Mapping) -> bool:
     """Already the requested norm: leave it as it is, which makes convert idempotent."""
     if norm_type == "dyt":
-        return type(module) is SQUASHING_CLASSES[options.get("fn", "tanh")]
+        fn = options.get("fn", "tanh")
+        return type(module) is _pointwise_class(fn) and module.fn == fn
     target = {"derf": (SQUASHING_CLASSES["erf"],), "layernorm": (nn.LayerNorm, LayerNorm2d),
               "rmsnorm": (nn.RMSNorm, RMSNorm2d), "identity": (nn.Identity,)}[norm_type]
     return type(module) in target
@@ -274,6 +300,17 @@ def auto_alpha(width: int, role: str = "ffn") -> float:
     return float(np.interp(math.log(width), [math.log(w) for w in _AUTO_WIDTHS], column))
 
 
+def _note_clamped_auto(alpha_init, widths: list[int], norm_type: str) -> None:
+    """`auto` outside the paper's LLM table takes its nearest row: say so once, it is an adjustment."""
+    uses_auto = alpha_init == "auto" or (isinstance(alpha_init, Mapping) and "auto" in alpha_init.values())
+    outside = sorted({w for w in widths if not _AUTO_WIDTHS[0] <= w <= _AUTO_WIDTHS[-1]})
+    if norm_type in ("dyt", "derf") and uses_auto and outside:
+        logging.getLogger("dyt").warning(
+            "alpha_init=auto: widths %s are outside the paper's LLM table (%d–%d); they take its nearest row "
+            "(α₀ %s / %s for attention / the rest)", ", ".join(map(str, outside)), _AUTO_WIDTHS[0], _AUTO_WIDTHS[-1],
+            f"{auto_alpha(outside[0], 'attn'):g}", f"{auto_alpha(outside[0], 'ffn'):g}")
+
+
 def resolve_alpha(alpha_init, role: str, width: int) -> float:
     """α₀ for one layer from a number, "auto", or a per-role mapping {attn, ffn, final} of those."""
     if isinstance(alpha_init, Mapping):
@@ -314,8 +351,9 @@ def parse_norm(norm, alpha_init=None, options: Mapping | None = None) -> tuple[s
     unknown = sorted(k for k in options if k not in allowed)
     if unknown:
         raise ValueError(f"norm {norm!r} takes no option {', '.join(unknown)}; it takes: {', '.join(sorted(allowed))}")
-    if norm == "dyt" and options.get("fn", "tanh") not in ("tanh", "hardtanh", "sigmoid"):
-        raise ValueError(f"dyt fn must be tanh, hardtanh or sigmoid, got {options['fn']!r}")
+    if norm == "dyt" and options.get("fn", "tanh") not in POINTWISE:
+        raise ValueError(f"dyt fn must be one of {', '.join(POINTWISE)} (dyt.functional.POINTWISE), "
+                         f"got {options['fn']!r}")
     return norm, (0.5 if alpha_init is None else alpha_init), options
 
 
@@ -336,8 +374,11 @@ def build_norm(norm_type: str, info: NormInfo, alpha: float | None, options: Map
     bias = options.get("bias", info.bias) and affine
     shape = info.shape if channels_last else info.shape[-1]
     if norm_type in ("dyt", "derf"):
-        cls = SQUASHING_CLASSES["erf" if norm_type == "derf" else options.get("fn", "tanh")]
+        fn = "erf" if norm_type == "derf" else options.get("fn", "tanh")
+        cls = SQUASHING_CLASSES["erf"] if norm_type == "derf" else _pointwise_class(fn)
         extra = {k: options[k] for k in ("learn_alpha", "alpha_per_channel", "shift_init", "kernel") if k in options}
+        if cls is PointwiseNorm:
+            extra["fn"] = fn
         return cls(shape, alpha, channels_last, affine, bias, **extra, **factory)
     if norm_type == "layernorm":
         cls = nn.LayerNorm if channels_last else LayerNorm2d
@@ -372,6 +413,7 @@ def convert(
     alpha_init=None,
     roles: RoleRule = None,
     exclude: Iterable[str] = (),
+    include: Iterable[str] = (),
     **options,
 ) -> SwapList:
     """Replace every normalization layer of `model` in place by the chosen norm; return what was done.
@@ -385,15 +427,22 @@ def convert(
             table, see `auto_alpha`), or per role {attn, ffn, final}.
         roles: regex → role mapping or a callable path → role, before the defaults of `default_roles`.
         exclude: regexes of module paths to leave alone (reported as skipped).
+        include: kinds of norm left alone by default to convert too: "batchnorm" turns BatchNorm1d/2d/3d (and
+            SyncBatchNorm) into channels-first layers over dim 1, γ and β kept, the running statistics dropped
+            (the paper's Appendix D: DyT in place of BatchNorm in ResNet-50 and VGG19).
 
     Recognised: nn.LayerNorm, nn.RMSNorm and their subclasses (timm's LayerNorm, LayerNorm2d), any leaf
     module that behaves as LayerNorm or RMSNorm over the last dim or the NCHW channel dim (the RMSNorms
-    of transformers models, diffusers' norms), and this library's layers. BatchNorm, GroupNorm and
-    friends are left alone and reported as skipped. γ and β are copied from the old layer; device and
+    of transformers models, diffusers' norms), and this library's layers. BatchNorm (unless included),
+    GroupNorm and friends are left alone and reported as skipped. γ and β are copied from the old layer; device and
     dtype are kept. A layer that already is the requested norm is left as it is, so convert is
     idempotent.
     """
     norm_type, alpha_init, options = parse_norm(norm, alpha_init, options)
+    include = tuple(include)
+    unknown = [kind for kind in include if kind not in INCLUDABLE]
+    if unknown:
+        raise ValueError(f"include={unknown[0]!r} is unknown; convert can include: {', '.join(INCLUDABLE)}")
     exclude = [re.compile(p) for p in exclude]
     found: list[tuple[str, nn.Module, NormInfo]] = []
     skipped: dict[str, Swap] = {}
@@ -407,6 +456,8 @@ def convert(
         info = describe_norm(module)
         if info is None:
             continue
+        if isinstance(info, NormInfo) and info.kind in INCLUDABLE and info.kind not in include:
+            info = f"uses batch statistics; include=('{info.kind}',) converts it"
         if isinstance(info, NormInfo) and any(p.search(path) for p in exclude):
             info = "excluded"
         if isinstance(info, str):
@@ -417,6 +468,7 @@ def convert(
     found = [f for f in found if not any(f[0].startswith(p + ".") for p, _, _ in found if p != f[0])]
 
     role_of = assign_roles([p for p, _, _ in found], roles)
+    _note_clamped_auto(alpha_init, [info.shape[-1] for _, _, info in found], norm_type)
     done: dict[str, Swap] = {}
     for path, module, info in found:
         role = role_of[path]

@@ -6,12 +6,14 @@ and the layout (channels-last, or channels-first for NCHW tensors as in ConvNeXt
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .functional import dynamic_tanh, pointwise_norm
+from .functional import POINTWISE, dynamic_tanh, pointwise_norm
+from .kernels import dispatch
 from .kernels.dispatch import check_kernel, compiled, get_default_kernel
 
 Shape = int | Sequence[int]
@@ -24,7 +26,8 @@ def _as_shape(normalized_shape: Shape) -> tuple[int, ...]:
 
 
 class PointwiseNorm(nn.Module):
-    """`γ·f(α·x) + β` where f is the class's squashing function.
+    """`γ·f(α·x) + β` where f is the class's squashing function, or `fn`: any function of the registry
+    `dyt.functional.POINTWISE` (DyISRU is `PointwiseNorm(C, fn="isru")`).
 
     Args:
         normalized_shape: the trailing shape γ and β cover (channels-last), or the channel count C
@@ -35,10 +38,11 @@ class PointwiseNorm(nn.Module):
         bias: False drops β (LLaMA, the RMSNorm analogue).
         learn_alpha: False keeps α fixed at α₀ (with α₀ = 1 this is the paper's no-α ablation).
         alpha_per_channel: one α per channel instead of the paper's single scalar.
-        kernel: the implementation (`dyt.kernels`): "auto" (fused where it applies: DynamicTanh on CPU and
+        kernel: the implementation (`dyt.kernels`): "auto" (fused where it applies: tanh and isru on CPU and
             CUDA), "eager", "compiled", "cpu", "triton"; None (default) follows the process default
-            (`dyt.kernels.set_default_kernel`). The relatives other than DynamicTanh run the eager formula
-            unless "compiled" is asked for.
+            (`dyt.kernels.set_default_kernel`). Functions without a fused kernel (hardtanh, sigmoid, erf, and
+            new ones) run the eager formula unless "compiled" is asked for.
+        fn: the point-wise function, a name in `dyt.functional.POINTWISE`; default: the class's.
     """
 
     fn = "tanh"
@@ -54,12 +58,17 @@ class PointwiseNorm(nn.Module):
         learn_alpha: bool = True,
         alpha_per_channel: bool = False,
         kernel: str | None = None,
+        fn: str | None = None,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         if not alpha_init > 0:
             raise ValueError(f"alpha_init must be > 0, got {alpha_init}")
+        if fn is not None:
+            if fn not in POINTWISE:
+                raise ValueError(f"unknown point-wise function {fn!r}; known: {', '.join(POINTWISE)}")
+            self.fn = fn
         self.normalized_shape = _as_shape(normalized_shape)
         if not channels_last and len(self.normalized_shape) != 1:
             raise ValueError("channels-first layout normalises one channel dim: give normalized_shape=C")
@@ -94,19 +103,26 @@ class PointwiseNorm(nn.Module):
             if self.bias is not None:
                 self.bias.zero_()
 
+    @property
+    def width(self) -> int:
+        """C, the number of elements γ covers (DyISRU's √C)."""
+        return math.prod(self.normalized_shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._formula(x, self.alpha, self.weight, self.bias)
+        return dispatch.pointwise(x, self.alpha, self.weight, self.bias, fn=self.fn, width=self.width,
+                                  channels_last=self.channels_last, kernel=self.kernel)
 
     def _formula(self, x: torch.Tensor, *params: torch.Tensor | None, **kwargs) -> torch.Tensor:
         """The formula, compiled when the layer's kernel (or the process default) says "compiled"."""
         if (self.kernel or get_default_kernel()) == "compiled":
-            return compiled(self.fn, self.channels_last)(x, *params, **kwargs)
-        return pointwise_norm(x, *params, fn=self.fn, channels_last=self.channels_last, **kwargs)
+            return compiled(self.fn, self.channels_last)(x, *params, width=self.width, **kwargs)
+        return pointwise_norm(x, *params, fn=self.fn, channels_last=self.channels_last, width=self.width, **kwargs)
 
     def extra_repr(self) -> str:
         shape = self.normalized_shape[0] if len(self.normalized_shape) == 1 else self.normalized_shape
         parts = [
             f"{shape}",
+            *([f"fn={self.fn}"] if self.fn != type(self).fn else []),
             f"alpha_init={self.alpha_init:g}",
             "channels_last" if self.channels_last else "channels_first",
         ]
@@ -130,6 +146,8 @@ class DynamicTanh(PointwiseNorm):
     fn = "tanh"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fn != "tanh":  # DynamicTanh(C, fn=…) is PointwiseNorm(C, fn=…)
+            return super().forward(x)
         return dynamic_tanh(x, self.alpha, self.weight, self.bias, channels_last=self.channels_last,
                             kernel=self.kernel)
 

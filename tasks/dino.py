@@ -30,6 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from dyt.train.config import ConfigError
+
 from .ssl import IMAGENET_MEAN, IMAGENET_STD, SelfSupervisedViT, plot_knn_curve, unwrap
 
 log = logging.getLogger("dyt.train")
@@ -242,6 +244,16 @@ class MultiCropDigits(torch.utils.data.Dataset):
         return self.transform(image), self.labels[index]
 
 
+def collate_crops_or_digits(items: list):
+    """The embedded digits' batches: multi-crop training samples ([crops], label) by torch's default collation,
+    the unaugmented evaluation digits (uint8 image, label, no affine) by `collate_digits`."""
+    from torch.utils.data import default_collate
+
+    from .data.mnist import collate_digits
+
+    return default_collate(items) if isinstance(items[0][0], list) else collate_digits(items)
+
+
 # ---------------------------------------------------------------- task
 
 
@@ -253,6 +265,16 @@ class DinoTask(SelfSupervisedViT):
         self.step, self.max_steps = 0, 1
         self.followed: dict[int, int] = {}  # id(model) → student steps its teacher has followed (mirrors the buffer)
         self.owed: int | None = None  # the student steps done once the optimizer step after the last loss is taken
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        patch = cls.patch_size(cfg)
+        for key in ("global_crop_size", "local_crop_size"):
+            size = cfg.dino[key]
+            if cfg.stage == "pretrain" and size % patch:
+                raise ConfigError(f"task.dino.{key}={size} is not a multiple of task.size={cfg.size}'s patch size "
+                                  f"{patch}; e.g. task.dino.{key}={max(patch, size // patch * patch)}")
 
     @property
     def unused_parameters(self) -> bool:
@@ -310,6 +332,7 @@ class DinoTask(SelfSupervisedViT):
         transform = MultiCropTransform(self.cfg.dino, digits=self.embedded)
         if self.embedded:
             train_x, train_y, _, _ = self._digits()
+            self.collate_fn = collate_crops_or_digits
             return MultiCropDigits(train_x, train_y, transform, self.cfg.data.digit_size), val, bank
         from torchvision.datasets import ImageFolder
 

@@ -273,7 +273,24 @@ class DiTTask(Task):
                       batch_size=d.encode_batch_size, num_workers=d.num_workers)
         train = cached_latents(Path(d.root), "train", **common)
         val = cached_latents(Path(d.root), "val", max_images=d.max_val_images, **common)
+        self.latent_caches = {"latents_train": train, "latents_val": val}
         return LatentDataset(train), LatentDataset(val)
+
+    def artifacts(self) -> dict:
+        """The latent caches (real data) or the digits, and the Fréchet distance's network."""
+        from .data.mnist import mnist_file
+        from .fid import CLASSIFIER_PATH, find_inception
+
+        found = dict(getattr(self, "latent_caches", {}))
+        if self.embedded:
+            found["digits"] = mnist_file()
+        if self.metric == "digits":
+            found["metric_network"] = CLASSIFIER_PATH
+        elif self.metric == "inception":
+            found["metric_network"] = find_inception(self.cfg.eval.inception_path)
+        if self.cfg.eval.get("reference"):
+            found["fid_reference"] = Path(self.cfg.eval.reference).expanduser()
+        return found
 
     def _digits(self):
         from .data.mnist import mnist_digits, split_indices
@@ -385,12 +402,9 @@ class DiTTask(Task):
             # built at the first evaluation (again after a resume): it must not draw from the training's RNG
             with torch.random.fork_rng(devices=[]):
                 if self.metric == "digits":
-                    from .fid import cache_dir, digit_features
+                    from .fid import digit_features
 
-                    if self.real_images is None:
-                        self._digits()
-                    train, val = self.real_images
-                    self._features = digit_features(train, val, cache_dir(self.cfg.eval.cache_dir)).to(device)
+                    self._features = digit_features().to(device)
                 else:
                     from .fid import InceptionFeatures, find_inception
 

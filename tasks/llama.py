@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,10 @@ from dyt.layers import ScaledEmbedding  # noqa: F401 — the paper's scalar afte
 from dyt.train.config import ConfigError
 from dyt.train.task import Task
 
+from .data import cloze
 from .data.text import TextCorpus
+from .lm_eval import (LmEvalError, flat_metrics, lm_eval_names, lm_eval_tasks, preserved_rng, selection_label,
+                      summarize, zero_shot)
 
 # LlamaConfig fields per size. Without vocab_size the model takes the tokenizer's vocabulary; the paper's
 # sizes keep LLaMA 2's 32,000 (its tokenizer: task.data.tokenizer_path=/path/to/llama-tokenizer).
@@ -85,6 +89,16 @@ class Llama(Task):
 
     @classmethod
     def check_config(cls, cfg) -> None:
+        lm_eval_cfg = cfg.get("eval") or {}
+        data_dir = lm_eval_cfg.get("lm_eval_data_dir")
+        if data_dir and not Path(data_dir).expanduser().is_dir():
+            raise ConfigError(f"task.eval.lm_eval_data_dir={data_dir} is not a folder; give the folder of the "
+                              "harness datasets' local copies (scripts/eval_lm.py --help)")
+        if lm_eval_cfg.get("lm_eval_tasks"):
+            try:
+                lm_eval_names(list(lm_eval_cfg.lm_eval_tasks))
+            except LmEvalError as err:
+                raise ConfigError(f"task.eval.lm_eval_tasks: {err}") from None
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
         if init_of(cfg) not in INITS:
@@ -97,6 +111,9 @@ class Llama(Task):
         self.check_config(cfg)
         self.corpus = TextCorpus(cfg.data)
         self.seq_len = cfg.data.seq_len
+        self._step: int | None = None
+        self._max_steps: int | None = None
+        self._lm_eval_tasks: dict | None = None  # the harness tasks of task.eval.lm_eval_tasks, built at start
 
     def model_config(self):
         from transformers import LlamaConfig
@@ -149,8 +166,29 @@ class Llama(Task):
             raise ValueError(f"the tokenizer has {tokens} tokens but task.size={self.cfg.size} has a vocabulary "
                              f"of {self.vocab_size}; set task.model.overrides.vocab_size={tokens}")
         state = PartialState()
-        return self.corpus.windows(self.seq_len, seed=self.cfg.data.shuffle_seed, rank=state.process_index,
-                                   world=state.num_processes)
+        windows = self.corpus.windows(self.seq_len, seed=self.cfg.data.shuffle_seed, rank=state.process_index,
+                                      world=state.num_processes)
+        lm_eval_cfg = self.cfg.get("eval") or {}
+        if lm_eval_cfg.get("lm_eval_tasks"):  # their datasets are loaded now: a missing one fails before training
+            try:
+                self._lm_eval_tasks = self.lm_eval_selection(list(lm_eval_cfg.lm_eval_tasks),
+                                                             data_dir=lm_eval_cfg.get("lm_eval_data_dir"))
+            except LmEvalError as err:
+                raise LmEvalError(f"task.eval.lm_eval_tasks: {err}") from None
+        return windows
+
+    def artifacts(self) -> dict:
+        """The tokenizer (its whole definition), and the token file or, streamed, the corpus's files by name,
+        size and date."""
+        from .data.text import tokenizer_id
+
+        corpus = self.corpus
+        found = {"tokenizer": tokenizer_id(corpus.tokenizer)}
+        if corpus.cfg.streaming and not corpus.embedded:
+            found["corpus"] = corpus.source_id
+        else:
+            found["tokens"] = corpus.token_path  # made by build_data; asked on the main process alone, so no barrier
+        return found
 
     def _token_losses(self, model, batch: torch.Tensor) -> torch.Tensor:
         logits = model(input_ids=batch[:, :-1]).logits
@@ -169,3 +207,37 @@ class Llama(Task):
 
     def count(self, batch):
         return batch.shape[0], batch.shape[0] * (batch.shape[1] - 1)
+
+    # ------------------------------------------------------------ zero-shot accuracy (lm-evaluation-harness)
+
+    def set_step(self, step: int, max_steps: int) -> None:
+        self._step, self._max_steps = step, max_steps
+
+    def evaluate(self, model, batches, reduce):
+        """The validation loss and, when `task.eval.lm_eval_tasks` names a selection, its zero-shot accuracy
+        (`lm_eval/<selection>/mean_acc`, per task `lm_eval/<task>/acc`, …) after the last step, or at every
+        evaluation with `task.eval.lm_eval_at_every_eval`. Every process scores the whole selection, so the metrics
+        agree everywhere (a sharded model's forwards are collectives, and every process makes the same ones:
+        tested on one process only); the training RNG is left as it was."""
+        metrics = super().evaluate(model, batches, reduce)
+        lm_eval_cfg = self.cfg.get("eval") or {}
+        last = self._step is not None and self._step + 1 >= self._max_steps
+        if self._lm_eval_tasks and (last or lm_eval_cfg.get("lm_eval_at_every_eval")):
+            from accelerate.utils import extract_model_from_parallel
+
+            with preserved_rng():
+                results = zero_shot(extract_model_from_parallel(model), self.corpus.tokenizer, self._lm_eval_tasks,
+                                    batch_size=lm_eval_cfg.get("lm_eval_batch_size", 16),
+                                    limit=lm_eval_cfg.get("lm_eval_limit"))
+            label = selection_label(list(lm_eval_cfg.lm_eval_tasks))
+            metrics.update(flat_metrics(summarize(results), label))
+        return metrics
+
+    def lm_eval_selection(self, selection, *, data_dir: str | None = None, include_path: str | None = None) -> dict:
+        """The harness tasks a selection names (`cloze`, `paper15`, harness names, tasks under `include_path`),
+        built with their datasets loaded, offline; the cloze is made from this run's held-out text."""
+        names = lm_eval_names(selection)
+        includes = [Path(include_path).expanduser()] if include_path else []
+        if cloze.TASK_NAME in names:
+            includes.append(cloze.cloze_task(self.corpus))
+        return lm_eval_tasks(names, include_paths=includes, data_dir=data_dir, work_dir=self.corpus.cache / "lm_eval")

@@ -168,15 +168,15 @@ class MaskedAutoencoderTask(SelfSupervisedViT):
     def pretrain_data(self):
         val, bank = self._eval_sets()
         if self.embedded:
-            from torchvision.transforms import v2
+            from .data.mnist import DigitImages, collate_digits
 
-            from .data.mnist import DigitImages
-
-            # the digits' augmentation (the image-classification task's small shifts and rotations) in place of
-            # main_pretrain.py's RandomResizedCrop(0.2–1) + flip, which would cut digits apart and mirror them
+            # the digits' augmentation (the image-classification task's small shifts and rotations, a batch at a
+            # time) in place of main_pretrain.py's RandomResizedCrop(0.2–1) + flip, which would cut digits apart
+            # and mirror them
             train_x, train_y, _, _ = self._digits()
-            shift = v2.RandomAffine(degrees=10, translate=(0.1, 0.1)) if self.cfg.augment.digits else None
-            return DigitImages(train_x, train_y, shift, pad_to=self.cfg.data.digit_size), val, bank
+            self.collate_fn = collate_digits
+            return (DigitImages(train_x, train_y, augment=self.cfg.augment.digits, pad_to=self.cfg.data.digit_size),
+                    val, bank)
         from torchvision import transforms
         from torchvision.datasets import ImageFolder
 
@@ -233,7 +233,8 @@ class MaskedAutoencoderTask(SelfSupervisedViT):
             chosen = [int((val.labels == c).nonzero()[0]) for c in range(self.num_classes)][:count]
         else:
             chosen = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:count].tolist()
-        images = torch.stack([val[i][0] for i in chosen]).to(device)
+        batch = [val[i] for i in chosen]
+        images = (self.collate_fn(batch)[0] if self.collate_fn else torch.stack([item[0] for item in batch])).to(device)
         noise = torch.rand(len(images), model.grid[0] * model.grid[1], generator=torch.Generator().manual_seed(0))
         _, pred, mask = model(images, noise=noise.to(device))
         pred = pred.float()

@@ -16,6 +16,7 @@ The fine-tuned classifier keeps the backbone at the module path the pretraining 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import timm
@@ -152,6 +153,13 @@ class SelfSupervisedViT(ImageClassification):
                     raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
                                       f"needs train/<class>/<image> and val/<class>/<image>")
 
+    @staticmethod
+    def patch_size(cfg) -> int:
+        """The backbone's patch size: `task.model.kwargs.patch_size`, the size's preset, or timm's name."""
+        name, preset = BACKBONES[cfg.size]
+        kwargs = cfg.model.get("kwargs") or {}
+        return int(kwargs.get("patch_size") or preset.get("patch_size") or re.search(r"patch(\d+)", name).group(1))
+
     # ------------------------------------------------------------ models
 
     def backbone(self, **kwargs) -> nn.Module:
@@ -216,7 +224,7 @@ class SelfSupervisedViT(ImageClassification):
         from .data.mnist import DigitImages
 
         knn = self.cfg.knn
-        if self.embedded:
+        if self.embedded:  # batched by collate_digits (the subclass's collate_fn)
             train_x, train_y, val_x, val_y = self._digits()
             size = self.cfg.data.digit_size
             bank, val = DigitImages(train_x, train_y, pad_to=size), DigitImages(val_x, val_y, pad_to=size)
@@ -287,7 +295,8 @@ class SelfSupervisedViT(ImageClassification):
         a sharded model needs) and its labels."""
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.knn_bank, batch_size=self.cfg.knn.batch_size, shuffle=False)
+        loader = DataLoader(self.knn_bank, batch_size=self.cfg.knn.batch_size, shuffle=False,
+                            collate_fn=self.collate_fn)
         features, labels = [], []
         for images, targets in loader:
             features.append(F.normalize(self.features(model, images.to(device)).float(), dim=1))

@@ -112,12 +112,18 @@ def numpy_seed(seed: int):
 
 class Wav2Vec2Pretraining(Task):
     headline = Headline("val/loss", higher_is_better=False)
+    open_sections = ("model",)  # Wav2Vec2Config's fields, checked against it
     shard_units = r"wav2vec2\.encoder\.layers\.\d+"  # the Transformer layers
 
     @classmethod
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES:
             raise ConfigError(f"task.size={cfg.size} is unknown; known: {', '.join(SIZES)}")
+        fields = Wav2Vec2Config().to_dict()  # task.model: Wav2Vec2Config fields, which would take a typo silently
+        unknown = sorted(k for k in cfg.model if k not in fields)
+        if unknown:
+            raise ConfigError(f"unknown config key task.model.{unknown[0]}: task.model takes Wav2Vec2Config's fields "
+                              "(transformers), e.g. task.model.layerdrop")
         if cfg.front_end not in (None, "conv", "log_mel"):
             raise ConfigError(f"task.front_end={cfg.front_end} is unknown; use conv or log_mel (null: the size's)")
         if cfg.model.get("feat_extract_norm", "group") not in ("group", "layer"):
@@ -199,12 +205,23 @@ class Wav2Vec2Pretraining(Task):
             val = speech.audio_folders(d.root, d.val, d.cache_dir)
         else:
             train, val = speech.synthetic_speech(d.cache_dir, d.train_sentences, d.val_sentences, d.seed)
+        self.speech = {"train": train, "val": val}
         batches = dict(max_tokens=d.max_tokens, max_sample_size=d.max_sample_size,
                        min_sample_size=d.min_sample_size, normalize=d.normalize, batching=d.batching)
         return (speech.LengthBatches(train, train.lengths, fixed_crops=False, **batches),
                 speech.LengthBatches(val, val.lengths, fixed_crops=True, **batches))
 
     collate_fn = staticmethod(speech.collate_batches)
+
+    def artifacts(self) -> dict:
+        """The speech: synthesised audio itself, or the audio files' manifest (paths and lengths)."""
+        found = {}
+        for split, data in getattr(self, "speech", {}).items():
+            if isinstance(data, speech.SpeechSet):
+                found[f"speech_{split}"] = np.concatenate(data.audio)
+            else:
+                found[f"speech_{split}_manifest"] = "\n".join(f"{p}\t{n}" for p, n in zip(data.paths, data.lengths))
+        return found
 
     def count(self, batch):
         """(utterances, audio samples): tokens_per_s is audio samples per second."""

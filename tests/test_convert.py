@@ -234,3 +234,52 @@ def test_param_groups_rules_decay_everything_or_follow_the_dna_codebases():
     assert all(id(m.alpha) in decayed and id(m.weight) in decayed and id(m.bias) in kept for m in dyt)
     with pytest.raises(ValueError, match="unknown no_decay rule"):
         param_groups(model, 0.1, no_decay=("bogus",))
+
+
+def test_auto_alpha_outside_the_llm_table_says_it_took_the_nearest_row(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dyt"):
+        convert(tiny_vit(), "dyt", alpha_init="auto")
+    lines = [r.getMessage() for r in caplog.records if "alpha_init=auto" in r.getMessage()]
+    assert len(lines) == 1 and "outside the paper's LLM table (1024–8192)" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dyt"):
+        convert(tiny_vit(), "dyt", alpha_init=0.5)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("name, count", [("resnet50", 53), ("vgg19_bn", 16)])
+def test_batchnorm_becomes_channels_first_dyt_only_when_included(name, count):
+    """The paper's Appendix D: every BatchNorm of ResNet-50 and VGG19-BN → channels-first DyT when asked, γ and β
+    kept, the running statistics dropped; none by default."""
+    with torch.device("meta"):  # the full-size models, without their memory
+        model = timm.create_model(name, num_classes=10)
+    untouched = convert(model, "dyt")
+    assert not untouched.replaced and len(untouched.skipped) == count
+    assert all("include=('batchnorm',)" in s.reason for s in untouched.skipped)
+    swaps = convert(model, "dyt", include=("batchnorm",))
+    assert len(swaps.replaced) == count and f"{count} replaced, 0 skipped" in str(swaps)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert all(not s.channels_last for s in swaps.replaced)
+
+
+def test_batchnorm_swap_keeps_gamma_and_beta_and_matches_the_formula():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.normal_()
+    bn.running_mean.fill_(3.0)  # statistics the replacement must not use
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), bn, torch.nn.BatchNorm1d(4, affine=False))
+    convert(model, "dyt", include=("batchnorm",), alpha_init=0.7)
+    dyt2d, dyt1d = model[1], model[2]
+    assert isinstance(dyt2d, DynamicTanh) and not dyt2d.channels_last
+    torch.testing.assert_close(dyt2d.weight, bn.weight)
+    torch.testing.assert_close(dyt2d.bias, bn.bias)
+    x = torch.randn(2, 6, 5, 5)
+    torch.testing.assert_close(dyt2d(x), bn.weight.view(-1, 1, 1) * torch.tanh(0.7 * x) + bn.bias.view(-1, 1, 1))
+    assert dyt1d.weight is None  # BatchNorm1d without affine: tanh(αx) alone, over (N, C) and (N, C, L)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(dyt1d(x), torch.tanh(0.7 * x))
+    with pytest.raises(ValueError, match="include='groupnorm' is unknown"):
+        convert(model, "dyt", include=("groupnorm",))

@@ -36,7 +36,7 @@ def _step(task, model, optimizer, step, max_steps=40):
 
 
 def test_the_teacher_gets_no_gradients_and_follows_the_momentum_schedule():
-    task, model, _ = _build("norm=dyt")
+    task, model, _ = _build("norm=dyt", "task.dino.momentum_teacher=0.996")  # main_dino.py's (the CPU default: 0.99)
     model.train()
     teacher, student = model.teacher_pairs()
     assert teacher and not any(p.requires_grad for p in teacher)  # converted DyT parameters included
@@ -61,7 +61,9 @@ def test_the_teacher_gets_no_gradients_and_follows_the_momentum_schedule():
 
 
 def test_momentum_and_temperature_schedules_are_main_dinos():
-    task, _, _ = _build("norm=layernorm")
+    # the ViT-B rows' schedules (the CPU default keeps the temperature at 0.04)
+    task, _, _ = _build("norm=layernorm", "task.dino.momentum_teacher=0.996", "task.dino.teacher_temp=0.07",
+                        "task.dino.warmup_teacher_temp_epochs=3")
     task.set_step(0, 40)
     moments = [task.momentum(s) for s in range(40)]
     assert moments[0] == pytest.approx(0.996) and all(a < b for a, b in zip(moments, moments[1:]))

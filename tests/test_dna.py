@@ -218,7 +218,7 @@ def test_local_fasta_through_pyfaidx(tmp_path):
 @pytest.mark.parametrize("name", ["hyenadna", "caduceus"])
 def test_dyt_gets_a_unit_scale_embedding_and_native_norms_do_not(name):
     cfg = OmegaConf.load(ROOT / "configs" / "task" / f"{name}.yaml").task
-    cfg.size = "debug"
+    cfg.size, cfg.data.seq_len = "debug", 128
     task = {"hyenadna": HyenaDNATask, "caduceus": CaduceusTask}[name](cfg)
     tokens = torch.randint(0, 4, (2, 30))
     for norm, scaled in (("dyt", True), ("layernorm" if name == "hyenadna" else "rmsnorm", False)):

@@ -82,3 +82,30 @@ def test_convnext_in_channels_last_memory_computes_the_same_loss():
         images = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
         losses.append(task.loss(built.model, (images, torch.arange(4)))[0].item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_digit_augmentation_is_torchvisions_random_affine_drawn_and_applied_a_batch_at_a_time():
+    """The embedded digits' shifts and rotations: the same parameters as v2.RandomAffine(degrees=10,
+    translate=(0.1, 0.1)) draws from the same RNG state, applied to a whole batch in one grid sample with the
+    pixels torchvision's affine gives each image."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+    from torchvision.transforms.v2 import functional as TF
+
+    from tasks.data.mnist import affine_batch, draw_affine
+
+    images, _ = mnist_digits()
+    transform = v2.RandomAffine(degrees=10, translate=(0.1, 0.1))
+    drawn = []
+    for seed in range(300):
+        torch.manual_seed(seed)
+        theirs = transform.make_params([images[0][None]])
+        ours = draw_affine(28, torch.Generator().manual_seed(seed))
+        assert ours == (theirs["angle"], *theirs["translate"])
+        drawn.append(ours)
+    batch = images[:300, None]
+    warped = affine_batch(batch, torch.tensor(drawn))
+    expected = torch.stack([TF.affine(image, angle=a, translate=[x, y], scale=1.0, shear=[0.0, 0.0],
+                                      interpolation=InterpolationMode.NEAREST, fill=0)
+                            for image, (a, x, y) in zip(batch, drawn)])
+    assert (warped == expected).float().mean() > 0.9999  # ties at exact half-pixels aside

@@ -288,3 +288,103 @@ def test_triton_kernels_in_the_interpreter(tmp_path):
     for (x, *params), (_, cl, _, dtype), got in zip(inputs, TRITON_CASES, outputs):
         assert got[0].dtype == dtype
         assert_matches(got, *reference(x, params, cl), RTOL[dtype])
+
+
+# ---------------------------------------------------------------- DyISRU through the same kernels
+
+ISRU_CASES = [((3, 5, 6), True), ((4, 300), True), ((2, 6, 3, 5), False), ((3, 40, 37), "stored-channels-first")]
+
+
+def run_pointwise(x, params, channels_last, kernel, fn="isru", dy_seed=1):
+    """Output and the gradients of (x, α, γ, β) for one call of `dispatch.pointwise`, dy random."""
+    from dyt.kernels import dispatch
+
+    leaves = [x.detach().clone().requires_grad_()] + [
+        None if p is None else p.detach().clone().requires_grad_() for p in params]
+    C = x.shape[-1] if channels_last else x.shape[1]
+    y = dispatch.pointwise(*leaves, fn=fn, width=C, channels_last=channels_last, kernel=kernel)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(dy_seed)).to(y.dtype)
+    y.backward(dy)
+    return [y] + [None if t is None else t.grad for t in leaves]
+
+
+def assert_close_to_float64(got, x, params, channels_last, tol, fn="isru"):
+    """Each result against the float64 formula on the same rounded inputs, relative to its largest value."""
+    reference = run_pointwise(x.double(), [None if p is None else p.double() for p in params], channels_last, "eager",
+                              fn=fn)
+    for name, a, b in zip(("y", "dx", "dα", "dγ", "dβ"), got, reference):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            err = (a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12)
+            assert err <= tol, f"{name}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", ["affine", "no-affine", "alpha-per-channel"])
+@pytest.mark.parametrize("shape,layout", ISRU_CASES)
+def test_cpu_kernel_computes_dyisru(built, shape, layout, variant, dtype):
+    """f(z) = z/√(1 + z²/C) and f'(z) = (1 + z²/C)^(-3/2) in the fused kernel: every layout and gradient."""
+    channels_last = layout is not False
+    x, *params = make_inputs(shape, False if layout == "stored-channels-first" else layout, variant, dtype)
+    if layout == "stored-channels-first":
+        x = x.transpose(1, 2)  # [B, S, C] stored as [B, C, S]
+    x = x * 4  # well into the curved part at C = 6 … 300
+    got = run_pointwise(x, params, channels_last, "cpu")
+    eager = run_pointwise(x, params, channels_last, "eager")
+    assert type(got[0].grad_fn).__name__ != type(eager[0].grad_fn).__name__  # the fused op ran, not the formula
+    # bf16: dα, one sum of terms of both signs, rounded to bf16 (2^-8) after some cancellation
+    assert_close_to_float64(got, x, params, channels_last, 2e-6 if dtype == torch.float32 else 3e-2)
+
+
+def test_dyisru_custom_op_and_compiled_graph(built):
+    from dyt import PointwiseNorm
+
+    x, alpha, weight, bias = make_inputs((3, 4, 40), True, "affine", torch.float32)
+    args = (x.requires_grad_(), alpha.requires_grad_(), weight.requires_grad_(), bias, True, "cpu", "isru", 1 / 40)
+    torch.library.opcheck(ops.pointwise, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.manual_seed(0)
+    layer = PointwiseNorm(8, 0.7, False, fn="isru", kernel="cpu")
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+    y.sum().backward()
+    assert x.grad is not None and layer.alpha.grad is not None
+
+
+def test_dyisru_triton_kernels_in_the_interpreter(tmp_path):
+    pytest.importorskip("triton")
+    cases = [((300, 8), True, "affine", torch.float32), ((2, 3, 700), False, "alpha-per-channel", torch.float32),
+             ((2, 5, 24), True, "no-affine", torch.bfloat16)]  # several programs in each reduction
+    inputs = [make_inputs(shape, cl, variant, dtype) for shape, cl, variant, dtype in cases]
+    inputs = [(x * 4, *params) for x, *params in inputs]
+    torch.save((inputs, [c[1] for c in cases]), tmp_path / "inputs.pt")
+    code = f"""
+        import torch
+        from tests.test_kernels import run_pointwise
+        inputs, layouts = torch.load({str(tmp_path / 'inputs.pt')!r})
+        outputs = [run_pointwise(x, params, cl, "triton") for (x, *params), cl in zip(inputs, layouts)]
+        torch.save(outputs, {str(tmp_path / 'outputs.pt')!r})
+    """
+    result = _python(code, {"TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (x, *params), (_, cl, _, dtype), got in zip(inputs, cases, torch.load(tmp_path / "outputs.pt")):
+        assert got[0].dtype == dtype
+        assert_close_to_float64(got, x, params, cl, 2e-6 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the Triton kernels compiled for it)")
+@pytest.mark.parametrize("fn", ["tanh", "isru"])
+def test_triton_kernels_on_cuda(fn):
+    """The compiled Triton kernels on a GPU, both functions, both layouts (NCHW stored NHWC too), fp32 and bf16."""
+    cases = [((64, 197, 768), True, torch.float32), ((8, 128, 28, 28), False, torch.bfloat16),
+             ((4, 4096, 40), True, torch.bfloat16)]
+    for shape, channels_last, dtype in cases:
+        x, *params = make_inputs(shape, channels_last, "affine", dtype)
+        x = x * 4
+        if not channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = run_pointwise(x.cuda(), [p.cuda() for p in params], channels_last, "triton", fn=fn)
+        assert_close_to_float64([None if t is None else t.cpu() for t in got], x, params, channels_last,
+                                2e-6 if dtype == torch.float32 else 3e-2, fn=fn)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,3 +106,68 @@ def test_timm_builds_the_layer_through_norm_layer():
                               norm_layer=DynamicTanh)
     assert sum(isinstance(m, DynamicTanh) for m in model.modules()) == 5
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+# ---------------------------------------------------------------- DyISRU, and the point-wise registry
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("kernel", ["eager", "auto"])
+def test_dyisru_is_sqrt_c_x_over_sqrt_beta_plus_x_squared(channels_last, kernel):
+    """arXiv 2503.21708: DyISRU(x) = √C·x/√(β + x²), with its scalar stored as α = √(C/β); bounded by ±√C."""
+    from dyt import PointwiseNorm
+
+    torch.manual_seed(2)
+    layer = PointwiseNorm(6, 0.7, channels_last, fn="isru", kernel=kernel)
+    _randomise(layer)
+    x = _input(channels_last) * 5
+    C = 6
+    beta = C / layer.alpha ** 2
+    view = (lambda t: t) if channels_last else (lambda t: t.reshape(-1, 1, 1))
+    expected = view(layer.weight) * (math.sqrt(C) * x / torch.sqrt(beta + x * x)) + view(layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    bare = PointwiseNorm(6, 0.7, channels_last, elementwise_affine=False, fn="isru")
+    huge = bare(torch.full((2, 6, 1, 1) if not channels_last else (2, 6), 1e6))
+    torch.testing.assert_close(huge, torch.full_like(huge, math.sqrt(C)))  # RMSNorm's bound for one outlier
+    assert "fn=isru" in repr(layer)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_dyisru_gradients_pass_gradcheck(channels_last):
+    from dyt import PointwiseNorm
+
+    torch.manual_seed(3)
+    layer = PointwiseNorm(6, 0.6, channels_last, fn="isru", dtype=torch.float64)
+    _randomise(layer)
+    names = [name for name, _ in layer.named_parameters()]
+    x = _input(channels_last, torch.float64).requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def through_layer(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(through_layer, (x, *params))
+
+
+def test_a_new_pointwise_function_is_one_function_and_one_config(tmp_path):
+    """Registering f is all the library needs: the layer, convert and the run config take it by name."""
+    from dyt import PointwiseNorm, convert
+    from dyt.functional import POINTWISE, pointwise_function
+    from dyt.train.config import validate
+    from tests.models import tiny_vit
+    from tests.test_trainer import compose_cfg
+
+    try:
+        pointwise_function("softsign_test")(F.softsign)
+        model = tiny_vit()
+        swaps = convert(model, {"type": "dyt", "fn": "softsign_test", "alpha_init": 0.5})
+        layers = [m for m in model.modules() if isinstance(m, PointwiseNorm)]
+        assert len(swaps.replaced) == len(layers) == 5 and {m.fn for m in layers} == {"softsign_test"}
+        x = torch.randn(2, 4, 192)
+        torch.testing.assert_close(layers[0](x), layers[0].weight * F.softsign(0.5 * x) + layers[0].bias)
+        validate(compose_cfg("task=vit", "norm=dyt", "norm.fn=softsign_test"))  # the config accepts the name
+        assert convert(model, {"type": "dyt", "fn": "softsign_test"}).replaced == []  # idempotent
+    finally:
+        POINTWISE.pop("softsign_test", None)
+    with pytest.raises(ValueError, match="dyt fn must be one of"):
+        convert(tiny_vit(), {"type": "dyt", "fn": "softsign_test"})

@@ -121,7 +121,7 @@ def test_an_experiment_plans_its_real_data_geometry_without_reading_it(capsys):
 @pytest.mark.parametrize("args, needle", [
     (["task=vit", "trainer.strategy=zero"], "trainer.strategy=zero is unknown"),
     (["task=llama", "task.size=huge"], "task.size=huge is unknown"),
-    (["task=hyenadna", "task.size=debug", "task.data.seq_len=512"], "exceeds the model's max_len 256"),
+    (["task=hyenadna", "task.size=debug", "task.data.seq_len=512"], "does not fit task.size=debug's context of 256"),
     (["task=vit", "trainer.activation_checkpointing=full", "--activation-checkpointing", "none"], "contradicts"),
 ])
 def test_bad_input_is_one_line(capsys, args, needle):

@@ -196,7 +196,8 @@ def _official_no_decay(model) -> set[str]:
 @pytest.mark.parametrize("experiment,native", [("hyenadna_pretrain", "layernorm"), ("caduceus_pretrain", "rmsnorm")])
 @pytest.mark.parametrize("norm", ["native", "dyt"])
 def test_weight_decay_sets_are_the_official_ones(experiment, native, norm):
-    cfg = compose_cfg(f"experiment={experiment}", "task.size=debug", "task.data.require_real_data=false")
+    cfg = compose_cfg(f"experiment={experiment}", "task.size=debug", "task.data.seq_len=128",
+                      "task.data.require_real_data=false")
     task = {"hyenadna": HyenaDNATask, "caduceus": CaduceusTask}[cfg.task.name](cfg.task)
     model = task.build_model()
     if norm == "dyt":
@@ -395,7 +396,7 @@ def test_fft_conv_takes_half_precision_inputs():
 @pytest.mark.parametrize("name", ["hyenadna", "caduceus"])
 def test_embed_scale_is_one_element_and_0_dim_checkpoints_load(name, tmp_path):
     cfg = OmegaConf.load(ROOT / "configs" / "task" / f"{name}.yaml").task
-    cfg.size = "debug"
+    cfg.size, cfg.data.seq_len = "debug", 128
     task = {"hyenadna": HyenaDNATask, "caduceus": CaduceusTask}[name](cfg)
     model = task.build_model()
     convert(model, "dyt")

@@ -104,7 +104,8 @@ def test_submitit_local_executor_runs_the_sweep_jobs(tmp_path):
     points = _points(tmp_path)
     assert len(points) == 2 and all(p["status"] == "completed" for p in points.values())
     assert {p["norm"] for p in points.values()} == {"dyt-a0.5", "layernorm"}
-    assert all(p["group"] == tmp_path.name for p in points.values())  # one wandb group per sweep
+    # one wandb group per sweep: <sweep name (here the task and size)>-<sweep folder>
+    assert all(p["group"] == f"vit-debug-{tmp_path.name}" for p in points.values())
 
 
 def test_slurm_launcher_renders_gpus_time_and_the_preemption_signal():

@@ -1,5 +1,6 @@
 """The spine's promises: clear config errors, exact resume, preemption, divergence, tracking, pairing."""
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -44,9 +45,48 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["task=dit", "task.sample.scheduler=euler"], "task.sample.scheduler=euler is unknown"),
     (["task=dit", "task.model.prediction=x0"], "task.model.prediction=x0 is unknown"),
     (["task=dit", "task.model.class_dropout=0"], "task.model.class_dropout > 0"),
+    # unknown keys anywhere, `+` additions included (the task section has no schema: its file is the reference)
+    (["+task.data.roott=/x"], "unknown config key task.data.roott; task.data takes: root"),
+    (["+task.augment.mixupp=0.5"], "unknown config key task.augment.mixupp"),
+    (["+trainer.optim.lrr=1"], "trainer.optim.lrr"),
+    (["task.data.roott=/x"], "unknown config key task.data.roott"),
+    (["logger=tensorbored"], "unknown logger 'tensorbored'"),
+    # types and ranges
+    (["seed=abc"], "seed='abc' must be an integer"),
+    (["norm.alpha_init=abc"], "is not a number"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 must be ≥ 1"),
+    (["trainer.optim.lr=0"], "trainer.optim.lr=0 must be > 0"),
+    (["trainer.mixed_precision=fp8"], "trainer.mixed_precision='fp8'"),
+    (["trainer.progress=verbose"], "trainer.progress='verbose'"),
+    (["trainer.optim.schedule=poly"], "trainer.optim.schedule='poly' is unknown"),
+    (["trainer.optim.schedule=step"], "needs trainer.optim.step_size"),
+    (["task=dino", "task.size=debug"], "task.dino.local_crop_size=12 is not a multiple of task.size=debug's patch size 7"),
+    (["trainer.optim.layer_decay=1.5"], "trainer.optim.layer_decay=1.5 must be in (0, 1]"),
+    (["trainer.optim.layer_decay=0.75"], "needs a task that orders its layers (mae, dino); task=vit"),
+    (["trainer.optim.no_decay=[bogus]"], "trainer.optim.no_decay has 'bogus'"),
+    (["norm.fn=relu"], "norm.fn='relu' is unknown"),
+    # strategy, precision and batch combinations that cannot work
+    (["trainer.strategy=zero3"], "trainer.strategy='zero3'"),
+    (["trainer.strategy=fsdp", "trainer.mixed_precision=fp16"], "fp16 does not go with trainer.strategy=fsdp"),
+    (["trainer.activation_checkpointing=half"], "trainer.activation_checkpointing='half'"),
+    (["trainer.shard_size=0"], "trainer.shard_size=0 must be ≥ 1"),
+    (["trainer.global_batch_size=100"], "trainer.global_batch_size=100 is not a multiple"),
+    # sizes that do not fit the sequence, stages, sweeps, paths and runs to start from
+    (["task=hyenadna", "task.size=debug"], "task.data.seq_len=512 does not fit task.size=debug's context of 256"),
+    (["task=llama", "task.data.seq_len=1"], "task.data.seq_len=1 must be at least 2"),
+    (["task=caduceus", "task.stage=eval"], "task.stage=eval is unknown"),
+    (["task=wav2vec2", "task.size=huge"], "task.size=huge is unknown"),
+    (["norm=dyt,layernorm"], "lists several values: that is a sweep, run it with -m"),
+    (["experiment=vit_b"], "task.data.root is required by this paper row"),
+    (["experiment=llama_7b"], "task.data.path is required by this paper row"),
+    (["init_from=/no/such/run"], "init_from=/no/such/run does not exist; give a run folder"),
+    (["init_from={empty}"], "holds no complete checkpoint"),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, args, needle):
     run_dir = tmp_path / "run"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("{empty}", str(empty)) for a in args]
     result = run_train(run_dir, *args, check=False, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -232,9 +272,75 @@ def test_linear_schedule_is_fairseqs_polynomial_decay():
     assert learning_rate("constant", 7, peak=3.0, total=10) == 3.0
 
 
+def test_sgd_with_step_decay_trains_as_torchvisions_recipe_asks(tmp_path):
+    run_train(tmp_path, *TINY_VIT, "trainer.optim.name=sgd", "trainer.optim.lr=0.1", "trainer.optim.schedule=step",
+              "trainer.optim.step_size=2", "trainer.optim.warmup_steps=0", "trainer.max_steps=4", "trainer.log_every=1")
+    lrs = [r["lr"] for r in metrics(tmp_path) if "lr" in r]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01]) and summary(tmp_path)["status"] == "completed"
+
+
 def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
     (tmp_path / "step_00000010").mkdir()
     (tmp_path / "step_00000010" / MARKER).touch()
     (tmp_path / "step_00000020").mkdir()  # a save that was killed before its marker
     (tmp_path / ".tmp-step_00000030").mkdir()
     assert [p.name for p in valid_checkpoints(tmp_path)] == ["step_00000010"]
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _losses(run_dir):
+    return [(r["step"], r["train/loss"]) for r in metrics(run_dir) if "train/loss" in r]
+
+
+def test_a_checkpoint_that_does_not_match_its_marker_is_skipped_for_the_one_before(tmp_path):
+    args = [*TINY_VIT, "trainer.max_steps=6", "trainer.ckpt_every=2", "trainer.keep_last=3", "trainer.log_every=1",
+            "trainer.eval_every=6"]
+    run_train(tmp_path, *args)
+    whole = _losses(tmp_path)
+    latest = latest_checkpoint(tmp_path / "checkpoints")
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short after its marker was written
+    (tmp_path / "summary.json").unlink()
+    rerun = run_train(tmp_path, *args)
+    log_text = rerun.stdout + rerun.stderr
+    assert "step_00000006 does not match its COMPLETE marker" in log_text
+    assert "resumed from" in log_text and "at step 4" in log_text
+    assert _losses(tmp_path) == whole and summary(tmp_path)["status"] == "completed"
+
+
+def test_a_failed_checkpoint_write_keeps_the_earlier_ones_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    from dyt.train.run import train
+
+    real_save = Accelerator.save_state
+
+    def disk_full_at_step_4(self, output_dir, *args, **kwargs):
+        if "step_00000004" in str(output_dir):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_4)
+    cfg = compose_cfg(*TINY_VIT, "trainer.max_steps=6", "trainer.ckpt_every=2", "trainer.keep_last=5", "logger=none",
+                      "trainer.progress=log", run_dir=str(tmp_path))
+    result = train(cfg)
+    assert result["status"] == "completed" and result["failed_checkpoints"] == 1
+    # step 4's folder removed, nothing half-written left, step 2 kept beside step 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000006"]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    from dyt.train.run import run_folder_lock
+
+    tmp_path.mkdir(exist_ok=True)
+    with run_folder_lock(tmp_path):  # as a live run holds it
+        result = run_train(tmp_path, *TINY_VIT, "trainer.max_steps=2", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"in use by a running run (pid {os.getpid()})" in lines[0]
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "summary.json").exists()
+    run_train(tmp_path, *TINY_VIT, "trainer.max_steps=2")  # released: a killed run leaves no stuck lock
+    assert summary(tmp_path)["status"] == "completed"

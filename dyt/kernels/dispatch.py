@@ -1,4 +1,5 @@
-"""Which implementation a DyT call runs: the `kernel` switch and its process-wide default.
+"""Which implementation a DyT (or other fused point-wise norm) call runs: the `kernel` switch and its
+process-wide default.
 
     auto      the fused op where it applies (Triton on CUDA, the C++ kernel on CPU; without a compiler the
               formula in torch ops, said once in the log); the eager formula elsewhere (float64, other devices)
@@ -45,7 +46,7 @@ def get_default_kernel() -> str:
 
 @functools.cache
 def compiled(fn: str, channels_last: bool):
-    """The reference formula compiled by inductor, one compiled function per squashing and layout."""
+    """The reference formula compiled by inductor, one compiled function per point-wise function and layout."""
     return torch.compile(functools.partial(pointwise_norm, fn=fn, channels_last=channels_last))
 
 
@@ -65,3 +66,22 @@ def dynamic_tanh(x, alpha, weight=None, bias=None, *, channels_last: bool = True
     if torch.compiler.is_compiling():  # an opaque custom op in the graph
         return ops.dynamic_tanh(x, alpha, weight, bias, channels_last, kernel)
     return ops.fused(x, alpha, weight, bias, channels_last, kernel)
+
+
+def pointwise(x, alpha, weight=None, bias=None, *, fn: str, width: int, channels_last: bool = True,
+              kernel: str | None = None):
+    """`weight * f(alpha * x) + bias` for a point-wise function f of `dyt.functional.POINTWISE` by the chosen kernel:
+    the fused kernels for the functions they know (`ops.FUSED_FUNCTIONS`), the formula for the others. `width` is
+    the layer's normalised width C (DyISRU's f depends on it)."""
+    kernel = check_kernel(kernel) or _default
+    if fn == "tanh":
+        return dynamic_tanh(x, alpha, weight, bias, channels_last=channels_last, kernel=kernel)
+    if kernel == "compiled":
+        return compiled(fn, channels_last)(x, alpha, weight, bias, width=width)
+    if (kernel == "eager" or fn not in ops.FUSED_FUNCTIONS or not fusable(x, alpha, weight, bias)
+            or (not channels_last and x.dim() < 2)):
+        return pointwise_norm(x, alpha, weight, bias, fn=fn, channels_last=channels_last, width=width)
+    k = ops.kernel_constant(fn, width)
+    if torch.compiler.is_compiling():
+        return ops.pointwise(x, alpha, weight, bias, channels_last, kernel, fn, k)
+    return ops.fused(x, alpha, weight, bias, channels_last, kernel, fn, k)

@@ -1,4 +1,5 @@
-// Fused Dynamic Tanh on the CPU: y = γ·tanh(α·x) + β.
+// Fused point-wise norms on the CPU: y = γ·f(α·x) + β, f = tanh (DyT) or the ISRU of DyISRU,
+// f(z) = z/√(1 + k·z²) with k = 1/C (dyt/functional.py `isru`).
 //
 // Forward: one read of x, one write of y. Backward: one read of x and dy, tanh recomputed, one write of dx,
 // and dγ, dβ, dα accumulated in the same pass into per-block partial sums that one small ordered reduction
@@ -87,25 +88,47 @@ inline Vec tanh_(const Vec& z0) {
 }
 #endif
 
-// One step of W elements of the forward: y = g·tanh(a·x) + b.
-template <typename T, typename O>
-inline void forward_step(const T* x, O* y, int64_t n, const Vec (&a)[2], const Vec (&g)[2], const Vec (&b)[2]) {
+// The point-wise functions: value(z) = f(z), and value_slope(z, t, s) gives t = f(z) and s = f'(z). The
+// kernels below are written once for any such f: the backward needs f and f' at α·x, nothing else.
+struct Tanh {
+  Vec value(const Vec& z) const { return tanh_(z); }
+  void value_slope(const Vec& z, Vec& t, Vec& s) const {
+    t = tanh_(z);
+    s = at::vec::fnmadd(t, t, Vec(1.f));  // 1 − t²
+  }
+};
+
+// DyISRU (arXiv 2503.21708) with k = 1/C: f(z) = z·r, r = 1/√(1 + k·z²), f'(z) = r³
+struct Isru {
+  Vec k;
+  Vec value(const Vec& z) const { return z * at::vec::fmadd(k * z, z, Vec(1.f)).rsqrt(); }
+  void value_slope(const Vec& z, Vec& t, Vec& s) const {
+    const Vec r = at::vec::fmadd(k * z, z, Vec(1.f)).rsqrt();
+    t = z * r;
+    s = r * r * r;
+  }
+};
+
+// One step of W elements of the forward: y = g·f(a·x) + b.
+template <typename F, typename T, typename O>
+inline void forward_step(const F& f, const T* x, O* y, int64_t n, const Vec (&a)[2], const Vec (&g)[2],
+                         const Vec (&b)[2]) {
   Vec xv[2];
   load2(x, n, xv[0], xv[1]);
-  store2(y, n, at::vec::fmadd(tanh_(xv[0] * a[0]), g[0], b[0]), at::vec::fmadd(tanh_(xv[1] * a[1]), g[1], b[1]));
+  store2(y, n, at::vec::fmadd(f.value(xv[0] * a[0]), g[0], b[0]), at::vec::fmadd(f.value(xv[1] * a[1]), g[1], b[1]));
 }
 
-// One step of W elements of the backward: dx = dy·γα·(1 − t²), and into the running sums acc:
-// Σ dy·t (→ dγ), Σ dy (→ dβ), Σ dy·x·(1 − t²) (→ dα/γ)
-template <typename T, typename O>
-inline void backward_step(const T* x, const O* dy, T* dx, int64_t n, const Vec (&a)[2], const Vec (&ga)[2],
-                          Vec (&acc)[3][2]) {
+// One step of W elements of the backward: dx = dy·γα·f'(αx), and into the running sums acc:
+// Σ dy·t (→ dγ), Σ dy (→ dβ), Σ dy·x·f'(αx) (→ dα/γ), t = f(αx)
+template <typename F, typename T, typename O>
+inline void backward_step(const F& f, const T* x, const O* dy, T* dx, int64_t n, const Vec (&a)[2],
+                          const Vec (&ga)[2], Vec (&acc)[3][2]) {
   Vec xv[2], dv[2], out[2];
   load2(x, n, xv[0], xv[1]);
   load2(dy, n, dv[0], dv[1]);
   for (int h = 0; h < 2; ++h) {
-    const Vec t = tanh_(xv[h] * a[h]);
-    const Vec s = at::vec::fnmadd(t, t, Vec(1.f));
+    Vec t, s;
+    f.value_slope(xv[h] * a[h], t, s);
     out[h] = dv[h] * ga[h] * s;
     acc[0][h] = at::vec::fmadd(dv[h], t, acc[0][h]);
     acc[1][h] = acc[1][h] + dv[h];
@@ -142,27 +165,27 @@ inline void load_pair(const float* p, Vec (&v)[2]) {
 }
 
 // One row of len elements (a period, or a position's C channels): parameters per element from a, g, b.
-template <typename T, typename O>
-inline void forward_row(const T* x, O* y, int64_t len, const float* a, const float* g, const float* b) {
+template <typename F, typename T, typename O>
+inline void forward_row(const F& f, const T* x, O* y, int64_t len, const float* a, const float* g, const float* b) {
   for (int64_t j = 0; j < len; j += W) {
     Vec av[2], gv[2], bv[2];
     load_pair(a + j, av);
     load_pair(g + j, gv);
     load_pair(b + j, bv);
-    forward_step(x + j, y + j, std::min(W, len - j), av, gv, bv);
+    forward_step(f, x + j, y + j, std::min(W, len - j), av, gv, bv);
   }
 }
 
 // One row of the backward, its three sums added into sums (three rows of Lp floats, kept in L1).
-template <typename T, typename O>
-inline void backward_row(const T* x, const O* dy, T* dx, int64_t len, const float* a, const float* ga, float* sums,
-                         int64_t Lp) {
+template <typename F, typename T, typename O>
+inline void backward_row(const F& f, const T* x, const O* dy, T* dx, int64_t len, const float* a, const float* ga,
+                         float* sums, int64_t Lp) {
   for (int64_t j = 0; j < len; j += W) {
     Vec av[2], gav[2], acc[3][2];
     load_pair(a + j, av);
     load_pair(ga + j, gav);
     for (int q = 0; q < 3; ++q) load_pair(sums + q * Lp + j, acc[q]);
-    backward_step(x + j, dy + j, dx + j, std::min(W, len - j), av, gav, acc);
+    backward_step(f, x + j, dy + j, dx + j, std::min(W, len - j), av, gav, acc);
     for (int q = 0; q < 3; ++q) {
       acc[q][0].store(sums + q * Lp + j);
       acc[q][1].store(sums + q * Lp + j + VF);
@@ -175,21 +198,21 @@ inline void backward_row(const T* x, const O* dy, T* dx, int64_t len, const floa
 // period (L = C, or lcm(C, W) for small C) so that small C still fills whole vectors. Parameter arrays are
 // padded to a multiple of W.
 
-template <typename T, typename O>
-void forward_rows(const T* x, O* y, int64_t E, int64_t L, const float* a, const float* g, const float* b) {
+template <typename F, typename T, typename O>
+void forward_rows(const F& f, const T* x, O* y, int64_t E, int64_t L, const float* a, const float* g, const float* b) {
   const int64_t periods = ceil_div(E, L);
   at::parallel_for(0, periods, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
     in_pieces(y, r0, r1, L, E,
-              [&](int64_t r) { forward_row(x + r * L, y + r * L, std::min(L, E - r * L), a, g, b); });
+              [&](int64_t r) { forward_row(f, x + r * L, y + r * L, std::min(L, E - r * L), a, g, b); });
   });
 }
 
 // Partial sums per block of rows_per_block periods, three rows of Lp floats each (see backward_step), kept
 // in L1 while the block's rows stream by one after another. (Two or four rows at a time, to load and store
 // the sums less often, measured slower: more concurrent streams than the prefetchers follow.)
-template <typename T, typename O>
-void backward_rows(const O* dy, const T* x, T* dx, int64_t E, int64_t L, int64_t Lp, int64_t rows_per_block,
-                   const float* a, const float* ga, float* part) {
+template <typename F, typename T, typename O>
+void backward_rows(const F& f, const O* dy, const T* x, T* dx, int64_t E, int64_t L, int64_t Lp,
+                   int64_t rows_per_block, const float* a, const float* ga, float* part) {
   const int64_t periods = ceil_div(E, L);
   const int64_t blocks = ceil_div(periods, rows_per_block);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -198,7 +221,7 @@ void backward_rows(const O* dy, const T* x, T* dx, int64_t E, int64_t L, int64_t
       std::fill(sums, sums + 3 * Lp, 0.f);
       const int64_t r_end = std::min(periods, (blk + 1) * rows_per_block);
       in_pieces(dx, blk * rows_per_block, r_end, L, E, [&](int64_t r) {
-        backward_row(x + r * L, dy + r * L, dx + r * L, std::min(L, E - r * L), a, ga, sums, Lp);
+        backward_row(f, x + r * L, dy + r * L, dx + r * L, std::min(L, E - r * L), a, ga, sums, Lp);
       });
     }
   });
@@ -241,22 +264,22 @@ inline void in_tile_pieces(T* out, int64_t t0, int64_t t1, const Tiles& tl, cons
   }
 }
 
-template <typename T, typename O>
-void forward_tiles(const T* x, O* y, const Tiles& tl, const float* a, const float* g, const float* b) {
+template <typename F, typename T, typename O>
+void forward_tiles(const F& f, const T* x, O* y, const Tiles& tl, const float* a, const float* g, const float* b) {
   const int64_t C = tl.C;
   at::parallel_for(0, tl.count, std::max<int64_t>(1, kGrain / (kTile * C)), [&](int64_t t0, int64_t t1) {
     std::vector<T> buf(kTile * C);
     in_tile_pieces(y, t0, t1, tl, [&](int64_t t) {
       tl.gather(x, t, buf.data());
       for (int64_t i = 0; i < tl.rows(t); ++i)
-        forward_row(buf.data() + i * C, y + (tl.first_row(t) + i) * C, C, a, g, b);
+        forward_row(f, buf.data() + i * C, y + (tl.first_row(t) + i) * C, C, a, g, b);
     });
   });
 }
 
 // partial sums per block of tiles_per_block tiles, three rows of Lp floats each, as backward_rows
-template <typename T, typename O>
-void backward_tiles(const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp, int64_t tiles_per_block,
+template <typename F, typename T, typename O>
+void backward_tiles(const F& f, const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp, int64_t tiles_per_block,
                     const float* a, const float* ga, float* part) {
   const int64_t C = tl.C, blocks = ceil_div(tl.count, tiles_per_block);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -269,7 +292,7 @@ void backward_tiles(const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp,
         tl.gather(x, t, buf.data());
         for (int64_t i = 0; i < tl.rows(t); ++i) {
           const int64_t r = tl.first_row(t) + i;
-          backward_row(buf.data() + i * C, dy + r * C, dx + r * C, C, a, ga, sums, Lp);
+          backward_row(f, buf.data() + i * C, dy + r * C, dx + r * C, C, a, ga, sums, Lp);
         }
       });
     }
@@ -278,29 +301,29 @@ void backward_tiles(const O* dy, const T* x, T* dx, const Tiles& tl, int64_t Lp,
 
 // ---------------------------------------------------------------- planes (channels-first)
 
-template <typename T, typename O>
-void forward_planes(const T* x, O* y, int64_t planes, int64_t C, int64_t S, const float* a, const float* g,
-                    const float* b) {
+template <typename F, typename T, typename O>
+void forward_planes(const F& f, const T* x, O* y, int64_t planes, int64_t C, int64_t S, const float* a,
+                    const float* g, const float* b) {
   at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / S), [&](int64_t p0, int64_t p1) {
     in_pieces(y, p0, p1, S, planes * S, [&](int64_t p) {
       const int64_t c = p % C;
       const Vec av[2] = {Vec(a[c]), Vec(a[c])}, gv[2] = {Vec(g[c]), Vec(g[c])}, bv[2] = {Vec(b[c]), Vec(b[c])};
-      for (int64_t j = 0; j < S; j += W) forward_step(x + p * S + j, y + p * S + j, std::min(W, S - j), av, gv, bv);
+      for (int64_t j = 0; j < S; j += W) forward_step(f, x + p * S + j, y + p * S + j, std::min(W, S - j), av, gv, bv);
     });
   });
 }
 
 // partial sums per plane: part[p] = the three sums of backward_step over the plane
-template <typename T, typename O>
-void backward_planes(const O* dy, const T* x, T* dx, int64_t planes, int64_t C, int64_t S, const float* a,
-                     const float* ga, float* part) {
+template <typename F, typename T, typename O>
+void backward_planes(const F& f, const O* dy, const T* x, T* dx, int64_t planes, int64_t C, int64_t S,
+                     const float* a, const float* ga, float* part) {
   at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / S), [&](int64_t p0, int64_t p1) {
     in_pieces(dx, p0, p1, S, planes * S, [&](int64_t p) {
       const int64_t c = p % C;
       const Vec av[2] = {Vec(a[c]), Vec(a[c])}, gav[2] = {Vec(ga[c]), Vec(ga[c])};
       Vec acc[3][2] = {{Vec(0.f), Vec(0.f)}, {Vec(0.f), Vec(0.f)}, {Vec(0.f), Vec(0.f)}};
       for (int64_t j = 0; j < S; j += W)
-        backward_step(x + p * S + j, dy + p * S + j, dx + p * S + j, std::min(W, S - j), av, gav, acc);
+        backward_step(f, x + p * S + j, dy + p * S + j, dx + p * S + j, std::min(W, S - j), av, gav, acc);
       for (int q = 0; q < 3; ++q)
         part[3 * p + q] = at::vec::vec_reduce_all<float>([](Vec u, Vec v) { return u + v; }, acc[q][0] + acc[q][1]);
     });
@@ -355,8 +378,24 @@ Tiles tiles_of(const at::Tensor& x) {
                                      AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \
                                          AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__))
 
+// The function by its number (dyt/kernels/cpu.py FUNCTIONS: 0 tanh, 1 isru), handed to body as a functor
+template <typename Body>
+void with_function(int64_t fn, double k, const Body& body) {
+  switch (fn) {
+    case 0:
+      body(Tanh{});
+      break;
+    case 1:
+      body(Isru{Vec(static_cast<float>(k))});
+      break;
+    default:
+      TORCH_CHECK(false, "dyt: unknown point-wise function ", fn);
+  }
+}
+
 at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& alpha, const c10::optional<at::Tensor>& weight,
-                   const c10::optional<at::Tensor>& bias, bool channels_last, bool out_float) {
+                       const c10::optional<at::Tensor>& bias, bool channels_last, bool out_float, int64_t fn,
+                       double k) {
   const bool tiles = channels_last && rows_stored_as_planes(x_in);
   const bool rows = !tiles && (channels_last || planes_stored_as_rows(x_in));
   const at::Tensor x = channels_last && !tiles ? x_in.contiguous() : rows || tiles ? x_in : x_in.contiguous();
@@ -366,19 +405,21 @@ at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& alpha, const c1
                        : at::empty_like(x, out_float ? at::kFloat : x.scalar_type());
   const int64_t E = x.numel();
   if (E == 0) return y;
-  DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_forward", [&] {
-    auto run = [&](auto* out) {
-      if (tiles) {
-        forward_tiles(x.const_data_ptr<scalar_t>(), out, tiles_of(x), P.a.data(), P.g.data(), P.b.data());
-      } else if (rows) {
-        forward_rows(x.const_data_ptr<scalar_t>(), out, E, P.L, P.a.data(), P.g.data(), P.b.data());
-      } else {
-        const int64_t planes = x.size(0) * C;
-        forward_planes(x.const_data_ptr<scalar_t>(), out, planes, C, E / planes, P.a.data(), P.g.data(),
-                       P.b.data());
-      }
-    };
-    out_float ? run(y.mutable_data_ptr<float>()) : run(y.mutable_data_ptr<scalar_t>());
+  with_function(fn, k, [&](const auto& f) {
+    DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_forward", [&] {
+      auto run = [&](auto* out) {
+        if (tiles) {
+          forward_tiles(f, x.const_data_ptr<scalar_t>(), out, tiles_of(x), P.a.data(), P.g.data(), P.b.data());
+        } else if (rows) {
+          forward_rows(f, x.const_data_ptr<scalar_t>(), out, E, P.L, P.a.data(), P.g.data(), P.b.data());
+        } else {
+          const int64_t planes = x.size(0) * C;
+          forward_planes(f, x.const_data_ptr<scalar_t>(), out, planes, C, E / planes, P.a.data(), P.g.data(),
+                         P.b.data());
+        }
+      };
+      out_float ? run(y.mutable_data_ptr<float>()) : run(y.mutable_data_ptr<scalar_t>());
+    });
   });
   return y;
 }
@@ -386,7 +427,8 @@ at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& alpha, const c1
 // returns dx (x's dtype and layout) and the fp32 per-channel sums [3, C]: dγ, dβ, dα (the caller sums dα
 // over channels for a scalar α and casts to the parameters' dtypes)
 std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& alpha,
-                                 const c10::optional<at::Tensor>& weight, bool channels_last) {
+                                     const c10::optional<at::Tensor>& weight, bool channels_last, int64_t fn,
+                                     double k) {
   const bool tiles = channels_last && rows_stored_as_planes(x_in);
   const bool rows = !tiles && (channels_last || planes_stored_as_rows(x_in));
   const at::Tensor x = channels_last && !tiles ? x_in.contiguous() : rows || tiles ? x_in : x_in.contiguous();
@@ -407,61 +449,65 @@ std::vector<at::Tensor> run_backward(const at::Tensor& dy_in, const at::Tensor& 
     for (int64_t i = 0; i < P.Lp; ++i) ga[i] = P.g[i] * P.a[i];
     // the blocks' partial sums in order, then the period folded onto the channels
     auto finish = [&](int64_t blocks) {
-      at::parallel_for(0, 3 * P.Lp, 1024, [&](int64_t k0, int64_t k1) {
+      at::parallel_for(0, 3 * P.Lp, 1024, [&](int64_t e0, int64_t e1) {
         for (int64_t blk = 1; blk < blocks; ++blk)
-          for (int64_t k = k0; k < k1; ++k) part[k] += part[blk * 3 * P.Lp + k];
+          for (int64_t e = e0; e < e1; ++e) part[e] += part[blk * 3 * P.Lp + e];
       });
       for (int q = 0; q < 3; ++q)
         for (int64_t i = 0; i < P.L; ++i) out[q * C + i % C] += part[q * P.Lp + i];
     };
-    DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_backward", [&] {
-      const bool dy_float = dy.scalar_type() != x.scalar_type();
-      auto run = [&](const auto* dyp) {
-        if (tiles) {
-          const Tiles tl = tiles_of(x);
-          // blocks as the rows path's: ~64, at most 256K elements each
-          const int64_t tpb =
-              std::clamp<int64_t>(ceil_div(tl.count, 64), 1, std::max<int64_t>(1, 262144 / (kTile * C)));
-          const int64_t blocks = ceil_div(tl.count, tpb);
-          part.reset(new float[blocks * 3 * P.Lp]);
-          backward_tiles(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), tl, P.Lp, tpb,
-                         P.a.data(), ga.data(), part.get());
-          finish(blocks);
-        } else if (rows) {
-          const int64_t periods = ceil_div(E, P.L);
-          // ~64 blocks when the tensor is large enough, each at most 256K elements: enough blocks for many
-          // threads, few enough that the partial sums stay a few % of the data
-          const int64_t rpb = std::clamp<int64_t>(ceil_div(periods, 64), 1, std::max<int64_t>(1, 262144 / P.L));
-          const int64_t blocks = ceil_div(periods, rpb);
-          part.reset(new float[blocks * 3 * P.Lp]);
-          backward_rows(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), E, P.L, P.Lp, rpb,
-                        P.a.data(), ga.data(), part.get());
-          finish(blocks);
-        } else {
-          const int64_t planes = x.size(0) * C;
-          part.reset(new float[planes * 3]);
-          backward_planes(dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), planes, C,
-                          E / planes, P.a.data(), ga.data(), part.get());
-          for (int64_t p = 0; p < planes; ++p)
-            for (int q = 0; q < 3; ++q) out[q * C + p % C] += part[3 * p + q];
-        }
-      };
-      dy_float ? run(dy.const_data_ptr<float>()) : run(dy.const_data_ptr<scalar_t>());
+    with_function(fn, k, [&](const auto& f) {
+      DISPATCH_DYT_TYPES(x.scalar_type(), "dyt_backward", [&] {
+        const bool dy_float = dy.scalar_type() != x.scalar_type();
+        auto run = [&](const auto* dyp) {
+          if (tiles) {
+            const Tiles tl = tiles_of(x);
+            // blocks as the rows path's: ~64, at most 256K elements each
+            const int64_t tpb =
+                std::clamp<int64_t>(ceil_div(tl.count, 64), 1, std::max<int64_t>(1, 262144 / (kTile * C)));
+            const int64_t blocks = ceil_div(tl.count, tpb);
+            part.reset(new float[blocks * 3 * P.Lp]);
+            backward_tiles(f, dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), tl, P.Lp, tpb,
+                           P.a.data(), ga.data(), part.get());
+            finish(blocks);
+          } else if (rows) {
+            const int64_t periods = ceil_div(E, P.L);
+            // ~64 blocks when the tensor is large enough, each at most 256K elements: enough blocks for many
+            // threads, few enough that the partial sums stay a few % of the data
+            const int64_t rpb = std::clamp<int64_t>(ceil_div(periods, 64), 1, std::max<int64_t>(1, 262144 / P.L));
+            const int64_t blocks = ceil_div(periods, rpb);
+            part.reset(new float[blocks * 3 * P.Lp]);
+            backward_rows(f, dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), E, P.L, P.Lp, rpb,
+                          P.a.data(), ga.data(), part.get());
+            finish(blocks);
+          } else {
+            const int64_t planes = x.size(0) * C;
+            part.reset(new float[planes * 3]);
+            backward_planes(f, dyp, x.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), planes, C,
+                            E / planes, P.a.data(), ga.data(), part.get());
+            for (int64_t p = 0; p < planes; ++p)
+              for (int q = 0; q < 3; ++q) out[q * C + p % C] += part[3 * p + q];
+          }
+        };
+        dy_float ? run(dy.const_data_ptr<float>()) : run(dy.const_data_ptr<scalar_t>());
+      });
     });
   }
-  for (int64_t c = 0; c < C; ++c) out[2 * C + c] *= P.g[c];  // Σ dy·γ·x·(1−t²) = γ · Σ dy·x·(1−t²)
+  for (int64_t c = 0; c < C; ++c) out[2 * C + c] *= P.g[c];  // Σ dy·γ·x·f'(αx) = γ · Σ dy·x·f'(αx)
   return {dx, sums};
 }
 
 // The eager entry point: autograd in C++, so a call costs about what a native norm's call costs.
-struct DynamicTanh : public torch::autograd::Function<DynamicTanh> {
+struct Pointwise : public torch::autograd::Function<Pointwise> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& alpha,
                             const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                            bool channels_last, bool out_float) {
+                            bool channels_last, bool out_float, int64_t fn, double k) {
     ctx->save_for_backward({x, alpha, weight.value_or(at::Tensor())});
     ctx->saved_data["channels_last"] = channels_last;
+    ctx->saved_data["fn"] = fn;
+    ctx->saved_data["k"] = k;
     ctx->saved_data["bias_dtype"] = bias.has_value() ? c10::IValue(bias->scalar_type()) : c10::IValue();
-    return run_forward(x, alpha, weight, bias, channels_last, out_float);
+    return run_forward(x, alpha, weight, bias, channels_last, out_float, fn, k);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -469,25 +515,27 @@ struct DynamicTanh : public torch::autograd::Function<DynamicTanh> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &alpha = saved[1], &weight = saved[2];
     const auto out = run_backward(grads[0], x, alpha, weight.defined() ? c10::optional<at::Tensor>(weight) : c10::nullopt,
-                                ctx->saved_data["channels_last"].toBool());
+                                  ctx->saved_data["channels_last"].toBool(), ctx->saved_data["fn"].toInt(),
+                                  ctx->saved_data["k"].toDouble());
     const at::Tensor& sums = out[1];  // dγ, dβ, dα per channel
     at::Tensor d_alpha = alpha.numel() == 1 ? sums[2].sum() : sums[2];
     const c10::IValue bias_dtype = ctx->saved_data["bias_dtype"];
     return {out[0], d_alpha.reshape(alpha.sizes()).to(alpha.scalar_type()),
             weight.defined() ? sums[0].to(weight.scalar_type()) : at::Tensor(),
-            bias_dtype.isNone() ? at::Tensor() : sums[1].to(bias_dtype.toScalarType()), at::Tensor(), at::Tensor()};
+            bias_dtype.isNone() ? at::Tensor() : sums[1].to(bias_dtype.toScalarType()), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor dynamic_tanh(const at::Tensor& x, const at::Tensor& alpha, const c10::optional<at::Tensor>& weight,
-                        const c10::optional<at::Tensor>& bias, bool channels_last, bool out_float) {
-  return DynamicTanh::apply(x, alpha, weight, bias, channels_last, out_float);
+at::Tensor pointwise(const at::Tensor& x, const at::Tensor& alpha, const c10::optional<at::Tensor>& weight,
+                     const c10::optional<at::Tensor>& bias, bool channels_last, bool out_float, int64_t fn, double k) {
+  return Pointwise::apply(x, alpha, weight, bias, channels_last, out_float, fn, k);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &run_forward, "DyT forward: y");
-  m.def("backward", &run_backward, "DyT backward: dx and the per-channel sums [3, C] (dγ, dβ, dα)");
-  m.def("dynamic_tanh", &dynamic_tanh, "DyT with autograd (the eager path)");
+  m.def("forward", &run_forward, "forward: y = γ·f(α·x) + β");
+  m.def("backward", &run_backward, "backward: dx and the per-channel sums [3, C] (dγ, dβ, dα)");
+  m.def("pointwise", &pointwise, "γ·f(α·x) + β with autograd (the eager path)");
 }

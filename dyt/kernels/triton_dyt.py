@@ -1,4 +1,5 @@
-"""The GPU back end: Triton kernels for the fused DyT forward and backward.
+"""The GPU back end: Triton kernels for the fused forward and backward of `γ·f(α·x) + β`, f = tanh (DyT) or
+isru (DyISRU: f(z) = z/√(1 + k·z²), k = 1/C), chosen at compile time (`FN`: 0 tanh, 1 isru).
 
 Both layouts are a matrix [R, K] walked in tiles: channels-last is [rows, C] with the parameters indexed by
 column; channels-first NCHW is [B·C planes, H·W] with the parameters indexed by plane (plane % C). The
@@ -31,6 +32,31 @@ def _tanh(z):
     return tl.minimum(tl.maximum(z * p / q, -1.0), 1.0)
 
 
+FUNCTIONS = {"tanh": 0, "isru": 1}
+
+
+@triton.jit
+def _value(z, KF, FN: tl.constexpr):
+    if FN == 0:
+        t = _tanh(z)
+    else:
+        t = z / tl.sqrt(1.0 + KF * z * z)
+    return t
+
+
+@triton.jit
+def _value_slope(z, KF, FN: tl.constexpr):
+    """f(z) and f'(z): tanh, 1 − tanh²; or isru z·r, r³ with r = 1/√(1 + k·z²)."""
+    if FN == 0:
+        t = _tanh(z)
+        s = 1.0 - t * t
+    else:
+        r = 1.0 / tl.sqrt(1.0 + KF * z * z)
+        t = z * r
+        s = r * r * r
+    return t, s
+
+
 @triton.jit
 def _params(A, G, B, idx, mask, A_PER_C: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     # a scalar α is read through idx * 0 so that every parameter is a vector of the same shape
@@ -41,8 +67,8 @@ def _params(A, G, B, idx, mask, A_PER_C: tl.constexpr, HAS_W: tl.constexpr, HAS_
 
 
 @triton.jit
-def _forward(X, Y, A, G, B, R, K, C, ON_COLS: tl.constexpr, A_PER_C: tl.constexpr, HAS_W: tl.constexpr,
-             HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _forward(X, Y, A, G, B, R, K, C, KF, ON_COLS: tl.constexpr, A_PER_C: tl.constexpr, HAS_W: tl.constexpr,
+             HAS_B: tl.constexpr, FN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask, cmask = rows < R, cols < K
@@ -55,22 +81,21 @@ def _forward(X, Y, A, G, B, R, K, C, ON_COLS: tl.constexpr, A_PER_C: tl.constexp
     offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + offs, (g * _tanh(a * x) + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + offs, (g * _value(a * x, KF, FN) + b).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _backward_tile(DY, X, DX, offs, mask, a, g):
+def _backward_tile(DY, X, DX, offs, mask, a, g, KF, FN: tl.constexpr):
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-    t = _tanh(a * x)
-    s = 1.0 - t * t
+    t, s = _value_slope(a * x, KF, FN)
     tl.store(DX + offs, (dy * g * a * s).to(DX.dtype.element_ty), mask=mask)
     return dy * t, dy, dy * x * s  # masked lanes have dy = 0: they add nothing
 
 
 @triton.jit
-def _backward_cols(DY, X, DX, A, G, PART, R, K, rows_per_prog, n_prog, A_PER_C: tl.constexpr,
-                   HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _backward_cols(DY, X, DX, A, G, PART, R, K, KF, rows_per_prog, n_prog, A_PER_C: tl.constexpr,
+                   HAS_W: tl.constexpr, FN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Channels-last: program (i, j) sums rows [i·rows_per_prog, …) of columns block j into PART[:, i, cols]."""
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     cmask = cols < K
@@ -84,7 +109,7 @@ def _backward_cols(DY, X, DX, A, G, PART, R, K, rows_per_prog, n_prog, A_PER_C: 
         rows = r + tl.arange(0, BLOCK_R)
         offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
         mask = (rows < R)[:, None] & cmask[None, :]
-        d_t, d_dy, d_a = _backward_tile(DY, X, DX, offs, mask, a, g)
+        d_t, d_dy, d_a = _backward_tile(DY, X, DX, offs, mask, a, g, KF, FN)
         acc_t += d_t
         acc_dy += d_dy
         acc_a += d_a
@@ -95,8 +120,8 @@ def _backward_cols(DY, X, DX, A, G, PART, R, K, rows_per_prog, n_prog, A_PER_C: 
 
 
 @triton.jit
-def _backward_rows(DY, X, DX, A, G, PART, R, K, C, cols_per_prog, n_prog, A_PER_C: tl.constexpr,
-                   HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _backward_rows(DY, X, DX, A, G, PART, R, K, C, KF, cols_per_prog, n_prog, A_PER_C: tl.constexpr,
+                   HAS_W: tl.constexpr, FN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Channels-first: program (i, j) sums columns [j·cols_per_prog, …) of planes block i into PART[:, j, rows]."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
@@ -110,7 +135,7 @@ def _backward_rows(DY, X, DX, A, G, PART, R, K, C, cols_per_prog, n_prog, A_PER_
         cols = k + tl.arange(0, BLOCK_K)
         offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
         mask = rmask[:, None] & (cols < K)[None, :]
-        d_t, d_dy, d_a = _backward_tile(DY, X, DX, offs, mask, a, g)
+        d_t, d_dy, d_a = _backward_tile(DY, X, DX, offs, mask, a, g, KF, FN)
         acc_t += d_t
         acc_dy += d_dy
         acc_a += d_a
@@ -146,7 +171,8 @@ def _programs(device: torch.device) -> int:
     return 4
 
 
-def forward(x, alpha, weight, bias, channels_last: bool, out_dtype: torch.dtype) -> torch.Tensor:
+def forward(x, alpha, weight, bias, channels_last: bool, out_dtype: torch.dtype, fn: str = "tanh",
+            k: float = 0.0) -> torch.Tensor:
     x, R, K, C, on_cols = _matrix(x, channels_last)
     y = torch.empty_like(x, dtype=out_dtype)
     if x.numel() == 0:
@@ -154,12 +180,12 @@ def forward(x, alpha, weight, bias, channels_last: bool, out_dtype: torch.dtype)
     BLOCK_R, BLOCK_K = _blocks(R, K, not on_cols)
     grid = (triton.cdiv(R, BLOCK_R), triton.cdiv(K, BLOCK_K))
     _forward[grid](x, y, alpha, weight if weight is not None else alpha, bias if bias is not None else alpha,
-                   R, K, C, ON_COLS=on_cols, A_PER_C=alpha.numel() > 1, HAS_W=weight is not None,
-                   HAS_B=bias is not None, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K)
+                   R, K, C, float(k), ON_COLS=on_cols, A_PER_C=alpha.numel() > 1, HAS_W=weight is not None,
+                   HAS_B=bias is not None, FN=FUNCTIONS[fn], BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K)
     return y
 
 
-def backward(dy, x, alpha, weight, channels_last: bool):
+def backward(dy, x, alpha, weight, channels_last: bool, fn: str = "tanh", k: float = 0.0):
     """dx and the fp32 per-channel sums [3, C]: dγ, dβ, dα."""
     x, R, K, C, on_cols = _matrix(x, channels_last)
     dy = dy.contiguous(memory_format=torch.channels_last if not x.is_contiguous() else torch.contiguous_format)
@@ -167,7 +193,8 @@ def backward(dy, x, alpha, weight, channels_last: bool):
     if x.numel() == 0:
         return dx, torch.zeros(3, C, device=x.device)
     BLOCK_R, BLOCK_K = _blocks(R, K, not on_cols)
-    meta = dict(A_PER_C=alpha.numel() > 1, HAS_W=weight is not None, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K)
+    meta = dict(A_PER_C=alpha.numel() > 1, HAS_W=weight is not None, FN=FUNCTIONS[fn], BLOCK_R=BLOCK_R,
+                BLOCK_K=BLOCK_K)
     w = weight if weight is not None else alpha
     if on_cols:
         col_blocks = triton.cdiv(K, BLOCK_K)
@@ -175,7 +202,7 @@ def backward(dy, x, alpha, weight, channels_last: bool):
         per_prog = triton.cdiv(triton.cdiv(R, n_prog), BLOCK_R) * BLOCK_R
         n_prog = triton.cdiv(R, per_prog)
         part = torch.empty(3, n_prog, K, device=x.device, dtype=torch.float32)
-        _backward_cols[(n_prog, col_blocks)](dy, x, dx, alpha, w, part, R, K, per_prog, n_prog, **meta)
+        _backward_cols[(n_prog, col_blocks)](dy, x, dx, alpha, w, part, R, K, float(k), per_prog, n_prog, **meta)
         sums = part.sum(1)
     else:
         row_blocks = triton.cdiv(R, BLOCK_R)
@@ -183,8 +210,9 @@ def backward(dy, x, alpha, weight, channels_last: bool):
         per_prog = triton.cdiv(triton.cdiv(K, n_prog), BLOCK_K) * BLOCK_K
         n_prog = triton.cdiv(K, per_prog)
         part = torch.empty(3, n_prog, R, device=x.device, dtype=torch.float32)
-        _backward_rows[(row_blocks, n_prog)](dy, x, dx, alpha, w, part, R, K, C, per_prog, n_prog, **meta)
+        _backward_rows[(row_blocks, n_prog)](dy, x, dx, alpha, w, part, R, K, C, float(k), per_prog, n_prog,
+                                             **meta)
         sums = part.sum(1).view(3, R // C, C).sum(1)
     if weight is not None:
-        sums[2] *= weight.float()  # Σ dy·γ·x·(1−t²) = γ · Σ dy·x·(1−t²)
+        sums[2] *= weight.float()  # Σ dy·γ·x·f'(αx) = γ · Σ dy·x·f'(αx)
     return dx, sums

@@ -54,11 +54,16 @@ def _first_point(argv: list[str]) -> tuple[str, list[str]]:
         elif not arg.startswith("-"):
             plain.append(arg)
     points = []
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     for override in OverridesParser.create().parse_overrides(plain):
         key = override.get_key_element()
         if key.lstrip("+~").startswith("hydra"):
             continue
         if override.is_sweep_override():
+            if not multirun:
+                values = ",".join(override.sweep_string_iterator())
+                raise ConfigError(f"{key}={values} lists several values: that is a sweep, run it with -m "
+                                  "(python train.py -m …)")
             value = next(iter(override.sweep_string_iterator()))
         else:
             value = override.get_value_element_as_str()

@@ -5,6 +5,7 @@ The schemas make a mistyped key (`norm.alpha_innit=1`, `trainer.max_step=5`) an 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | sgd (with momentum; its weight decay is L2 through the gradient, torchvision's)
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -28,7 +30,11 @@ class OptimConfig:
     decay_alpha: bool = False
     # parameters kept out of weight decay, by rule (dyt.optim.NO_DECAY_RULES): timm's default; [] decays all
     no_decay: list[str] = field(default_factory=lambda: ["one_dim", "listed"])
-    schedule: str = "cosine"  # cosine | fms_fsdp | linear | constant (dyt.train.schedule)
+    schedule: str = "cosine"  # cosine | fms_fsdp | linear | constant | step (dyt.train.schedule)
+    step_size: int = 0  # schedule=step: the lr is multiplied by `gamma` every this many steps
+    gamma: float = 0.1
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio × lr
     clip_grad: Optional[float] = 1.0
@@ -76,9 +82,11 @@ class TrainerConfig:
 class NormConfig:
     """The norm every normalization layer becomes (`dyt.convert`); None leaves a switch at its default."""
 
-    type: str = "dyt"  # dyt | derf | layernorm | rmsnorm | identity | native (the model's own norms, untouched)
+    # dyt | derf | layernorm | rmsnorm | identity | native (the model's own norms, untouched) |
+    # skipinit | fixup | sigma_reparam (norms removed and the model changed: dyt.norm_free)
+    type: str = "dyt"
     alpha_init: Any = 0.5  # a number, "auto" (from the width), or {attn, ffn, final}
-    fn: Optional[str] = None  # dyt: tanh | hardtanh | sigmoid
+    fn: Optional[str] = None  # dyt: a function of dyt.functional.POINTWISE (tanh, hardtanh, sigmoid, isru, …)
     learn_alpha: Optional[bool] = None
     alpha_per_channel: Optional[bool] = None
     shift_init: Optional[float] = None  # derf
@@ -161,16 +169,23 @@ def _check_keys(node: DictConfig, schema, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the key and the fix) for values that cannot run."""
     from dyt.convert import NORM_TYPES  # light: dyt.convert imports torch only
+    from dyt.functional import POINTWISE
+    from dyt.norm_free import METHODS
 
+    stages = cfg.task.get("schedule")
+    if stages is not None and cfg.task.get("stage") not in stages:  # trainer.* interpolate from the stage's schedule
+        raise ConfigError(f"task.stage={cfg.task.get('stage')} is unknown; use {' or '.join(map(str, stages))}")
     _check_keys(cfg.norm, NormConfig, "norm")
     _check_keys(cfg.trainer, TrainerConfig, "trainer")
     _check_keys(cfg.trainer.optim, OptimConfig, "trainer.optim")
-    if cfg.norm.type not in (*NORM_TYPES, NATIVE):
-        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {', '.join((*NORM_TYPES, NATIVE))}")
+    if cfg.norm.type not in (*NORM_TYPES, *METHODS, NATIVE):
+        known = ", ".join((*NORM_TYPES, *METHODS, NATIVE))
+        raise ConfigError(f"norm.type={cfg.norm.type!r} is unknown; known: {known}")
     if cfg.norm.type in ALPHA_NORMS:
         _check_alpha(cfg.norm.alpha_init)
-    if cfg.norm.type == "dyt" and cfg.norm.fn not in (None, "tanh", "hardtanh", "sigmoid"):
-        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use tanh, hardtanh or sigmoid")
+    if cfg.norm.type == "dyt" and cfg.norm.fn is not None and cfg.norm.fn not in POINTWISE:
+        raise ConfigError(f"norm.fn={cfg.norm.fn!r} is unknown; use one of {', '.join(POINTWISE)} "
+                          "(dyt.functional.POINTWISE)")
     if cfg.norm.kernel is not None:
         from dyt.kernels import KERNELS
 
@@ -195,13 +210,17 @@ def validate(cfg: DictConfig) -> None:
         if trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:
-        raise ConfigError(f"trainer.optim.lr={trainer.optim.lr} must be > 0")
+        raise ConfigError(f"trainer.optim.lr={trainer.optim.lr:g} must be > 0")
     if not 0 < trainer.optim.layer_decay <= 1:
         raise ConfigError(f"trainer.optim.layer_decay={trainer.optim.layer_decay} must be in (0, 1]; 1.0 is off")
     from dyt.optim import NO_DECAY_RULES
 
     from .schedule import SCHEDULES
 
+    if trainer.optim.name not in ("adamw", "sgd"):
+        raise ConfigError(f"trainer.optim.name={trainer.optim.name!r} is unknown; use adamw or sgd")
+    if trainer.optim.schedule == "step" and trainer.optim.step_size < 1:
+        raise ConfigError("trainer.optim.schedule=step needs trainer.optim.step_size ≥ 1 (steps between decays)")
     if trainer.optim.schedule not in SCHEDULES:
         raise ConfigError(f"trainer.optim.schedule={trainer.optim.schedule!r} is unknown; use {', '.join(SCHEDULES)}")
     for rule in trainer.optim.no_decay:
@@ -211,8 +230,85 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) in (None, "???", ""):
             raise ConfigError(f"{key} is required by this paper row ({cfg.get('group') or 'experiment'}); "
                               f"add {key}=/path/to/its/data")
-    _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True), "init_from": cfg.get("init_from")}, "")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer, e.g. seed=1")
+    if trainer.global_batch_size:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if trainer.global_batch_size % (trainer.batch_size * world):
+            raise ConfigError(f"trainer.global_batch_size={trainer.global_batch_size} is not a multiple of "
+                              f"trainer.batch_size × processes = {trainer.batch_size} × {world}; change trainer.batch_size")
+    from .tracking import missing_logger
+
+    problem = missing_logger(cfg.logger)  # an unknown tracker, or one whose package is not installed
+    if problem:
+        raise ConfigError(problem)
+    _check_task_keys(cfg.task, _task_class(cfg.task).open_sections)
+    _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
+    _check_init_from(cfg.get("init_from"))
     _task_class(cfg.task).check_config(cfg.task)
+    if trainer.optim.layer_decay != 1.0 and _task_class(cfg.task).lr_scale is None:
+        raise ConfigError(f"trainer.optim.layer_decay={trainer.optim.layer_decay:g} needs a task that orders its layers "
+                          f"(mae, dino); task={cfg.task.name} has no order: leave it at 1.0")
+    if cfg.norm.type in METHODS:
+        _check_norm_free(cfg)
+
+
+def _check_norm_free(cfg: DictConfig) -> None:
+    """skipinit / fixup need residual blocks dyt.norm_free knows: read them off the model built on the meta device."""
+    import torch
+
+    from dyt.norm_free import NotApplicable, check_applicable
+
+    with torch.device("meta"):
+        model = _task_class(cfg.task)(cfg.task).build_model()
+    try:
+        check_applicable(model, cfg.norm.type)
+    except NotApplicable as err:
+        raise ConfigError(f"{err} (task {cfg.task.name}); norm=dyt or another norm applies to any task") from None
+
+
+TASK_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "task"
+
+
+def _check_task_keys(task: DictConfig, open_sections: tuple[str, ...] = ()) -> None:
+    """The task section has no schema: its keys are those of its config file (configs/task/<name>.yaml), so
+    a mistyped `+task.data.roott=…` is named instead of silently ignored. A mapping that is `{}` there (timm
+    kwargs, LlamaConfig overrides, a size's model fields), or that the task names in `open_sections`, takes any
+    key (the task checks those)."""
+    path = TASK_CONFIGS / f"{task.get('name')}.yaml"
+    if not path.exists():
+        return
+    known = OmegaConf.load(path).get("task")
+    if known is None:
+        return
+
+    def walk(node, reference, prefix: str) -> None:
+        for key in node.keys():
+            full = f"{prefix}.{key}"
+            if key not in reference:
+                raise ConfigError(f"unknown config key {full}; {prefix} takes: {', '.join(map(str, reference.keys()))}")
+            child, ref = node._get_node(key), reference._get_node(key)
+            if full.removeprefix("task.") in open_sections:
+                continue
+            if OmegaConf.is_dict(child) and OmegaConf.is_dict(ref) and len(ref) > 0:
+                walk(node[key], reference[key], full)
+
+    walk(task, known, "task")
+
+
+def _check_init_from(source) -> None:
+    """`init_from=` names a run folder or checkpoint holding a complete checkpoint, checked before any work."""
+    if not source:
+        return
+    from .checkpoint import MARKER, latest_checkpoint
+
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"init_from={source} does not exist; give a run folder or a checkpoint folder "
+                          "(outputs/<task>/<run>) to start from its weights")
+    if not ((path / MARKER).exists() or latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
+        raise ConfigError(f"init_from={source} holds no complete checkpoint (a run folder has checkpoints/step_*/ "
+                          "with a COMPLETE marker); point it at a finished or checkpointed run")
 
 
 def _task_class(task: DictConfig):

@@ -7,10 +7,23 @@ from pathlib import Path
 
 import yaml
 
-from .tracking import read_metrics
 
 # config keys that never tell configurations apart
 _IGNORED = ("run_dir", "seed", "group", "logger.", "trainer.progress", "swept.")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's rows, up to a line cut short by a kill."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -42,6 +55,11 @@ class Run:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.metrics if isinstance(r.get(key), (int, float))]
         return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+    @property
+    def artifacts(self) -> dict[str, str]:
+        """Content hashes of what the run depended on (tokenizer, data, metric network; dyt.train.provenance)."""
+        return (self.summary.get("provenance") or {}).get("artifacts") or {}
 
     @property
     def last_loss(self) -> float | None:

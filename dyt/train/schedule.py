@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("cosine", "fms_fsdp", "linear", "constant")
+SCHEDULES = ("cosine", "fms_fsdp", "linear", "constant", "step")
 
 
 def warmup_cosine(step: int, *, peak: float, total: int, warmup: int = 0, min_ratio: float = 0.0) -> float:
@@ -46,7 +46,16 @@ def constant(step: int, *, peak: float, total: int, warmup: int = 0, min_ratio: 
     return peak * (step + 1) / warmup if step < warmup else peak
 
 
+def step_decay(step: int, *, peak: float, step_size: int, gamma: float = 0.1, warmup: int = 0) -> float:
+    """torch's StepLR (torchvision's classification recipe): the lr times `gamma` every `step_size` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * gamma ** (step // step_size)
+
+
 def learning_rate(schedule: str, step: int, *, peak: float, total: int, warmup: int = 0,
-                  min_ratio: float = 0.0) -> float:
+                  min_ratio: float = 0.0, step_size: int = 0, gamma: float = 0.1) -> float:
+    if schedule == "step":
+        return step_decay(step, peak=peak, step_size=step_size, gamma=gamma, warmup=min(warmup, total))
     shapes = {"cosine": warmup_cosine, "fms_fsdp": fms_fsdp, "linear": linear, "constant": constant}
     return shapes[schedule](step, peak=peak, total=total, warmup=min(warmup, total), min_ratio=min_ratio)

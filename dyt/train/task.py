@@ -36,6 +36,9 @@ class Task:
     # layer-wise lr decay (trainer.optim.layer_decay < 1): a method (parameter name, layer_decay) → the factor on
     # that parameter's lr; None: the task has no order of layers and the trainer refuses a decay
     lr_scale = None
+    # task-section mappings handed to a library's config (wav2vec 2.0's `model`: Wav2Vec2Config fields): keys the
+    # task's config file does not list, which `check_config` checks against that library instead
+    open_sections: tuple[str, ...] = ()
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -91,3 +94,10 @@ class Task:
 
     def on_run_end(self, model: nn.Module, run_dir, tracker) -> None:
         """Artifacts after training (sample grids, …); called on the main process only."""
+
+    def artifacts(self) -> dict:
+        """What the run's numbers depend on besides the config, made or read by `build_data`: name → a file or
+        folder (Path), bytes, text or an array (tokenizer, token file, synthesised speech, gene predictions,
+        latent cache, the metric's network, the user's data). Their content hashes go to summary.json's
+        `provenance` (dyt.train.provenance), so runs that differ in them are not pooled."""
+        return {}

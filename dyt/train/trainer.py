@@ -28,13 +28,14 @@ from dyt.analysis import alpha_values, record_input_std
 
 from ..optim import param_groups
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointWriteError, load_latest, save_checkpoint
 from .data import epoch_batches, eval_loader, train_loader
 from .ema import WeightEma
 from .hardware import peak_flops
 from .parallel import Built, full_state_dict, full_tensor
 from .schedule import learning_rate
 from .task import Task
+from .results import read_metrics
 from .tracking import Tracker
 
 log = logging.getLogger("dyt.train")
@@ -123,15 +124,16 @@ class Trainer:
         optim = tcfg.optim
         # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
         lr_scale = None
-        if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers
-            if task.lr_scale is None:
-                raise ValueError(f"trainer.optim.layer_decay={optim.layer_decay} needs a task that orders its layers "
-                                 f"(Task.lr_scale); {task.name} does not")
+        if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers (checked in validate)
             lr_scale = partial(task.lr_scale, layer_decay=optim.layer_decay)
         groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay,
                               lr_scale=lr_scale)
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                      fused=True if acc.device.type == "cuda" else None)
+        fused = True if acc.device.type == "cuda" else None
+        if optim.name == "sgd":  # torchvision's: momentum, weight decay as L2 added to the gradient
+            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                                        fused=fused)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
         if self.sharded:  # never through acc.prepare, which would wrap the sharded model in DDP
             self.model, self.optimizer = model, optimizer
         else:
@@ -140,34 +142,64 @@ class Trainer:
         if self.ema is not None and not self.sharded:
             acc.register_for_checkpointing(self.ema)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._train_before = 0.0  # train seconds at the start of this segment
         self.best: dict[str, float] = {}  # the evaluation with the best headline value (trained weights)
         self.best_ema: dict[str, float] = {}  # … with the best headline value of the EMA weights
         self.last_eval: dict[str, float] = {}
         self.train_seconds = 0.0
+        self.failed_checkpoints = 0
+        # bookkeeping over every segment of a run (each start of the same command): seconds of wall time before
+        # this segment, what each earlier segment took, and samples / tokens seen (an x-axis that compares runs
+        # with different batch sizes)
+        self.started = time.time()  # this segment
+        self.wall_before, self.segments, self.start_step = 0.0, [], 0
+        self.samples_seen, self.tokens_seen = 0, 0
         self.streamed = hasattr(self.train_dl, "state_dict")  # torchdata's StatefulDataLoader: an iterable stream
         self.first_bad_step = torch.full((), -1, device=acc.device)  # the first step whose loss was not finite
-        resume_from = latest_checkpoint(self.ckpt_root)
-        if resume_from is not None:
-            state, data_state = load_checkpoint(acc, resume_from, model=self.model, optimizer=self.optimizer,
-                                                ema=self.ema, sharded=self.sharded)
+        loaded = load_latest(acc, self.ckpt_root, model=self.model, optimizer=self.optimizer, ema=self.ema,
+                             sharded=self.sharded)
+        resume_from = loaded[0] if loaded else None
+        if loaded is not None:
+            _, state, data_state = loaded
             self._restore(state)
             if data_state is not None and self.streamed:
                 self.train_dl.load_state_dict(data_state)
             log.info("resumed from %s at step %d", resume_from, self.step)
         self.peak_flops = peak_flops(tcfg.peak_tflops)
         self.tracker = Tracker(run_dir, cfg.logger, resume_step=self.step if resume_from else None,
-                               enabled=acc.is_main_process, **tracker_args)
+                               enabled=acc.is_main_process, accelerator=acc,
+                               extra_best=[self._ema_headline] if self.ema is not None else [], **tracker_args)
 
     # ------------------------------------------------------------ state
 
     def _state(self) -> dict:
+        now = time.time()
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-                "best_ema": self.best_ema, "last_eval": self.last_eval, "train_seconds": self.train_seconds}
+                "best_ema": self.best_ema, "last_eval": self.last_eval, "train_seconds": self.train_seconds,
+                "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "saved_at": now,
+                "wall_seconds": self.wall_before + now - self.started, "segments": self.segments,
+                "segment": {"started": self.started, "from_step": self.start_step,
+                            "train_seconds_before": self._train_before}}
 
     def _restore(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.best_ema, self.last_eval = state["best"], state.get("best_ema", {}), state["last_eval"]
         self.train_seconds = state["train_seconds"]
+        self.samples_seen, self.tokens_seen = state.get("samples_seen", 0), state.get("tokens_seen", 0)
+        self.start_step, self._train_before = self.step, self.train_seconds
+        if "segment" not in state:  # a checkpoint from before segments were counted
+            self.wall_before = state.get("wall_seconds", 0.0)
+            return
+        # the segment that wrote this checkpoint ran on after it until it stopped (killed: its last metrics row;
+        # ended cleanly: the checkpoint is its last act); that time was spent, though its steps are repeated
+        rows = read_metrics(self.run_dir)
+        ended = max([state["saved_at"], *(r["time"] for r in rows if isinstance(r.get("time"), (int, float)))])
+        previous = state["segment"]
+        self.segments = [*state["segments"], {
+            "from_step": previous["from_step"], "to_step": max([self.step, *(r.get("step", 0) for r in rows)]),
+            "wall_seconds": round(ended - previous["started"], 2),
+            "train_seconds": round(self.train_seconds - previous["train_seconds_before"], 2)}]
+        self.wall_before = sum(s["wall_seconds"] for s in self.segments)
 
     def _micro_batches(self):
         """Batches from the saved position onwards; the position advances as they are consumed."""
@@ -188,7 +220,6 @@ class Trainer:
     def fit(self) -> dict:
         acc, tcfg = self.accelerator, self.tcfg
         status, error, exit_code = "completed", None, 0
-        started = time.time()
         preemption = PreemptionFlag()
         try:
             with preemption:
@@ -200,13 +231,14 @@ class Trainer:
             exit_code = 1 if tcfg.fail_on_divergence else 0
         except Preempted as err:
             status, error, exit_code = "preempted", f"{err} at step {self.step}", 128 + err.signum
-            self._checkpoint()
+            if not self._checkpoint():  # nothing to resume from: the preemption loses the steps since the last one
+                status, error = "failed", f"{err} at step {self.step}, and its checkpoint could not be written"
         except BaseException as err:
             status, error, exit_code = "failed", f"{type(err).__name__}: {err}", 1
-            self._write_summary(status, error, time.time() - started)
+            self._write_summary(status, error)
             self.tracker.finish(exit_code=1)
             raise
-        summary = self._write_summary(status, error, time.time() - started)
+        summary = self._write_summary(status, error)
         self.tracker.finish(exit_code=exit_code)
         if status == "preempted" and not preemption.hand_over(preemption.signum):
             self._requeue()
@@ -214,8 +246,17 @@ class Trainer:
         return summary
 
     def _loop(self, preemption: PreemptionFlag) -> None:
-        acc, tcfg, task = self.accelerator, self.tcfg, self.task
         bar = self._progress_bar()
+        if bar is None:
+            return self._steps(preemption, None)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # log lines reach train.log (a file handler) as always, and the console through the bar, above it
+        with logging_redirect_tqdm():
+            self._steps(preemption, bar)
+
+    def _steps(self, preemption: PreemptionFlag, bar) -> None:
+        acc, tcfg, task = self.accelerator, self.tcfg, self.task
         batches = self._micro_batches()
         window = _Window()
         self.model.train()
@@ -241,6 +282,8 @@ class Trainer:
                     step_metrics[k] = step_metrics.get(k, 0.0) + value / self.grad_accum
                 samples, tokens = task.count(batch)
                 window.add_data(samples * acc.num_processes, None if tokens is None else tokens * acc.num_processes)
+                self.samples_seen += samples * acc.num_processes
+                self.tokens_seen += (tokens or 0) * acc.num_processes
             grad_norm = self._clip_gradients()
             finite = torch.isfinite(step_loss)
             if self.tcfg.mixed_precision != "fp16":  # fp16's loss scaler skips steps with non-finite gradients
@@ -305,7 +348,8 @@ class Trainer:
     def _set_lr(self) -> float:
         optim = self.tcfg.optim
         lr = learning_rate(optim.schedule, self.step, peak=optim.lr, total=self.tcfg.max_steps,
-                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio)
+                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio, step_size=optim.step_size,
+                           gamma=optim.gamma)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (trainer.optim.layer_decay)
         return lr
@@ -327,7 +371,7 @@ class Trainer:
         if acc.num_processes > 1:
             stats = acc.reduce(stats, "sum")
         metrics = {"train/loss": float(stats[0] / stats[1]), "lr": lr, "grad_norm": float(window.grad_norm),
-                   "samples_per_s": window.samples / window.seconds, "epoch": self.epoch}
+                   "samples_per_s": window.samples / window.seconds, "epoch": self.epoch, **self._seen()}
         if window.tokens:
             metrics["tokens_per_s"] = window.tokens / window.seconds
         if self.task.flops_per_sample and self.peak_flops:
@@ -343,7 +387,7 @@ class Trainer:
         self.tracker.log(metrics, self.step)
         if bar is not None:
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
-        elif acc.is_main_process:
+        if acc.is_main_process:  # with the bar too: train.log keeps every step line
             rate = f"{metrics['tokens_per_s']:.0f} tok/s" if window.tokens else f"{metrics['samples_per_s']:.1f} samples/s"
             log.info("step %d/%d  loss %.4f  lr %.2e  grad norm %.3g  %s", self.step, self.tcfg.max_steps,
                      metrics["train/loss"], lr, metrics["grad_norm"], rate)
@@ -362,10 +406,13 @@ class Trainer:
             self.best = {**metrics, "step": self.step}
         if self.ema is not None and self._better(metrics, self.best_ema, self._ema_headline):
             self.best_ema = {**metrics, "step": self.step}
-        self.tracker.log(metrics, self.step)
+        self.tracker.log({**metrics, **self._seen()}, self.step)
         if self.accelerator.is_main_process:
-            text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            (bar.write if bar is not None else log.info)(f"step {self.step}  {text}")
+            log.info("step %d  %s", self.step, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def _seen(self) -> dict:
+        """Samples (and tokens, where the task counts them) trained on so far, over every process."""
+        return {"samples_seen": self.samples_seen, **({"tokens_seen": self.tokens_seen} if self.tokens_seen else {})}
 
     @property
     def _ema_headline(self) -> str:
@@ -438,11 +485,19 @@ class Trainer:
             model.load_state_dict(weights)
             self.task.on_run_end(model.to(self.accelerator.device).eval(), self.run_dir, self.tracker)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> bool:
+        """Write a checkpoint; True if it was. One that fails (a full disk) leaves the earlier ones as they were
+        and the run goes on: the next interval tries again, and a resume starts from the last good one."""
         data_state = self.train_dl.state_dict() if self.streamed else None
-        save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last,
-                        model=self.model, optimizer=self.optimizer, ema=self.ema, sharded=self.sharded,
-                        data_state=data_state)
+        try:
+            save_checkpoint(self.accelerator, self.ckpt_root, self.step, self._state(), self.tcfg.keep_last,
+                            model=self.model, optimizer=self.optimizer, ema=self.ema, sharded=self.sharded,
+                            data_state=data_state)
+        except CheckpointWriteError as err:
+            log.warning("%s; the earlier checkpoints are kept and training goes on (the next interval retries)", err)
+            self.failed_checkpoints += 1
+            return False
+        return True
 
     def _requeue(self) -> None:
         job = os.environ.get("SLURM_JOB_ID")
@@ -450,13 +505,21 @@ class Trainer:
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             log.info("scontrol requeue %s: %s", job, (result.stdout + result.stderr).strip() or "ok")
 
-    def _write_summary(self, status: str, error: str | None, wall: float) -> dict:
+    def _write_summary(self, status: str, error: str | None) -> dict:
+        """summary.json and the trackers' run summaries. Wall and train seconds add up over every segment of the
+        run (`segments`: each start of the same command, killed or not)."""
         headline = self.task.headline
         final = self.last_eval.get(headline.name)
+        segment = {"from_step": self.start_step, "to_step": self.step,
+                   "wall_seconds": round(time.time() - self.started, 2),
+                   "train_seconds": round(self.train_seconds - self._train_before, 2)}
+        segments = [*self.segments, segment]
         summary = {
             **self.run_info, "status": status, "error": error, "steps": self.step,
-            "max_steps": self.tcfg.max_steps, "wall_seconds": round(wall, 2),
-            "train_seconds": round(self.train_seconds, 2), "final": self.last_eval, "best": self.best,
+            "max_steps": self.tcfg.max_steps, "wall_seconds": round(self.wall_before + segment["wall_seconds"], 2),
+            "train_seconds": round(self.train_seconds, 2), "failed_checkpoints": self.failed_checkpoints,
+            "segments": segments, **self._seen(),
+            "final": self.last_eval, "best": self.best,
             "headline": {"name": headline.name, "value": final, "best": self.best.get(headline.name),
                          "higher_is_better": headline.higher_is_better},
         }
@@ -466,7 +529,12 @@ class Trainer:
                                        ema_best=self.best_ema.get(self._ema_headline))
         if self.accelerator.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
-            self.tracker.summary({"status": status, "steps": self.step, "headline": final})
+            self.tracker.summary({
+                "status": status, "steps": self.step, "headline": final, "headline_best": self.best.get(headline.name),
+                "headline_name": headline.name, "headline_higher_is_better": headline.higher_is_better,
+                "params": self.run_info.get("params"),
+                "wall_seconds": summary["wall_seconds"], "train_seconds": summary["train_seconds"],
+                "segments": len(segments)})  # samples / tokens seen: their maxima, by define_metric
         return summary
 
 

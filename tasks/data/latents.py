@@ -135,7 +135,10 @@ def _encode(root, split, vae_path, image_size, folder, state, max_images, batch_
     mine = np.arange(state.process_index, len(rows), state.num_processes)
     loader = DataLoader(Subset(images, rows[mine].tolist()), batch_size=batch_size, num_workers=num_workers)
     done = 0
-    for x, _ in loader:
+    from tqdm.auto import tqdm
+
+    # shown after a few seconds, on a terminal, by the main process (the others encode their share silently)
+    for x, _ in tqdm(loader, desc="encoding latents", unit="batch", delay=3, disable=None if state.is_main_process else True):
         x = x.to(state.device)
         posterior = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist  # logvar clamped to [-30, 20] by diffusers
         index = mine[done:done + len(x)]

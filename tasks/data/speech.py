@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
+log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3")
 # English voices (with eSpeak NG's male/female variants), speaking rates (words per minute) and pitches
@@ -94,9 +96,12 @@ class SpeechSet:
         return [len(a) for a in self.audio]
 
 
-def _synthesise(sentences, rng: np.random.Generator) -> SpeechSet:
+def _synthesise(sentences, rng: np.random.Generator, what: str = "utterances") -> SpeechSet:
+    from tqdm.auto import tqdm
+
     speech = SpeechSet([], [], [], [], [])
-    for text in sentences:
+    # a bar once it takes more than a few seconds, on a terminal
+    for text in tqdm(sentences, desc=f"synthesising {what}", unit="utterance", delay=3, disable=None):
         voice = str(rng.choice(VOICES))
         rate, pitch = int(rng.integers(*RATES, endpoint=True)), int(rng.integers(*PITCHES, endpoint=True))
         audio = np.clip(np.round(speak(text, voice, rate, pitch)), -32768, 32767).astype(np.int16)
@@ -144,8 +149,10 @@ def synthetic_speech(cache_dir: str | Path, train_sentences: int, val_sentences:
                              f"{train_sentences} + {val_sentences} asked for")
         rng = np.random.default_rng(seed)
         chosen = [sentences[i] for i in rng.permutation(len(sentences))[:train_sentences + val_sentences]]
-        _save(path, {"val": _synthesise(chosen[:val_sentences], rng),
-                     "train": _synthesise(chosen[val_sentences:], rng)})
+        log.info("synthesising %d + %d utterances with eSpeak NG (first use of these settings; cached in %s)",
+                 train_sentences, val_sentences, path)
+        _save(path, {"val": _synthesise(chosen[:val_sentences], rng, "validation speech"),
+                     "train": _synthesise(chosen[val_sentences:], rng, "training speech")})
     sets = _load(path, ("train", "val"))
     return sets["train"], sets["val"]
 

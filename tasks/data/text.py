@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .cache import cache_lock
 
+log = logging.getLogger(__name__)
 EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 END_OF_TEXT = "<|endoftext|>"
 # file suffix → datasets builder; compressed files (.gz, .zst, …) are read through fsspec
@@ -133,6 +135,8 @@ def trained_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path):
     tokenizer folder; loaded from there when it already exists. Documents end with `<|endoftext|>`."""
     with cache_lock(folder):  # sweep points started together share the cache
         if not (folder / "tokenizer.json").exists():
+            log.info("training a byte-level BPE tokenizer (vocabulary %d) on the text: first use of this text and "
+                     "size, cached in %s", vocab_size, folder)
             _train_tokenizer(texts, vocab_size, folder)
     return load_tokenizer(folder)
 
@@ -142,6 +146,7 @@ def _train_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> Non
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
+    # tokenizers draws its own progress bars (reading the text, counting pairs, merging) on a terminal
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT])
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,10 +170,14 @@ def token_file(batches: Iterable[list[str]], tokenizer, path: Path) -> np.memmap
     uint16 while the vocabulary fits, else uint32; the dtype is the file's suffix."""
     with cache_lock(path):
         if not path.exists():
+            from tqdm.auto import tqdm
+
+            log.info("tokenizing the text once into %s (first use of this text and tokenizer)", path)
             eot = end_of_text_id(tokenizer)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as out:
-                for texts in batches:
+                # a bar once it takes more than a few seconds, on a terminal
+                for texts in tqdm(batches, desc="tokenizing", unit="batch", delay=3, disable=None):
                     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
                         np.asarray(ids + [eot], dtype=path.suffix[1:]).tofile(out)
             tmp.replace(path)
@@ -198,9 +207,14 @@ class TokenWindows(Dataset):
         return torch.from_numpy(self.tokens[first:first + self.seq_len + 1].astype(np.int64))
 
 
+def validation_start(length: int, val_fraction: float) -> int:
+    """Where a token stream of `length` tokens starts validating: the first (1 − val_fraction) train."""
+    return int(length * (1 - val_fraction))
+
+
 def split_windows(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple[TokenWindows, TokenWindows]:
     """Train on the first (1 − val_fraction) of the token stream, validate on the rest: deterministic."""
-    boundary = int(len(tokens) * (1 - val_fraction))
+    boundary = validation_start(len(tokens), val_fraction)
     train, val = TokenWindows(tokens, seq_len, 0, boundary), TokenWindows(tokens, seq_len, boundary)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{len(tokens)} tokens give {len(train)} train and {len(val)} validation windows of "
@@ -390,8 +404,6 @@ class TextCorpus:
     def windows(self, seq_len: int, *, seed: int, rank: int = 0, world: int = 1) -> tuple[Dataset, Dataset]:
         """(train, val): a token file's windows split by position, or, streaming, the stream after its
         first `val_documents` documents and windows of those documents."""
-        from accelerate import PartialState
-
         cfg, tokenizer = self.cfg, self.tokenizer
         if cfg.streaming and not self.embedded:
             held_out, skip = held_out_documents(self.documents, cfg.val_documents)
@@ -400,9 +412,55 @@ class TextCorpus:
             train = StreamedWindows(self.documents, self.text_field, tokenizer, seq_len, seed=seed,
                                     shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world, skip=skip)
             return train, val
-        path = self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
+        return split_windows(self.token_file(), seq_len, cfg.val_fraction)
+
+    def token_file(self) -> np.memmap:
+        """Every document tokenized once, joined by the end-of-text token (made on the main process first)."""
+        from accelerate import PartialState
+
+        path = self.token_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with PartialState().main_process_first():
-            tokens = token_file(self._batches(), tokenizer, path)
-        return split_windows(tokens, seq_len, cfg.val_fraction)
+            return token_file(self._batches(), self.tokenizer, path)
+
+    @property
+    def token_path(self) -> Path:
+        """Where `token_file` keeps the tokens: named by the corpus and the tokenizer, so either changing makes a
+        new file."""
+        tokenizer = self.tokenizer
+        return self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
+
+    def held_out_texts(self) -> tuple[Iterator[str], Iterator[str] | None]:
+        """(the validation text, the training text) as documents of plain text, decoded lazily one document at a
+        time, for evaluations built from text the model never trained on (tasks/data/cloze.py). The validation
+        text is what `windows` validates on: with a token file, the documents after the split (the one the split
+        cuts, from its first line break after the split); streaming, the held-out first documents, and then no
+        training text (None: the stream has no end)."""
+        cfg = self.cfg
+        if cfg.streaming and not self.embedded:
+            held_out, _ = held_out_documents(self.documents, cfg.val_documents)
+            return iter([d[self.text_field] for d in held_out if d[self.text_field]]), None
+        tokens, tokenizer = self.token_file(), self.tokenizer
+        eot, boundary = end_of_text_id(tokenizer), validation_start(len(tokens), cfg.val_fraction)
+
+        def documents(start: int, stop: int, chunk: int = 1 << 22) -> Iterator[tuple[int, str]]:
+            """(first token, text) of the documents in tokens[start:stop], the last one cut at `stop`."""
+            first = start
+            for offset in range(start, stop, chunk):
+                part = np.asarray(tokens[offset:min(offset + chunk, stop)])
+                for end in offset + np.flatnonzero(part == eot):
+                    yield first, tokenizer.decode(tokens[first:end].tolist())
+                    first = end + 1
+            if first < stop:
+                yield first, tokenizer.decode(tokens[first:stop].tolist())
+
+        def validation() -> Iterator[str]:
+            cut = boundary > 0 and tokens[boundary - 1] != eot
+            for first, text in documents(boundary, len(tokens)):
+                if first == boundary and cut:
+                    text = text.partition("\n")[2]
+                if text.strip():
+                    yield text
+
+        return validation(), (text for _, text in documents(0, boundary))
 

@@ -62,6 +62,12 @@ class GenomeTask(Task):
         if data.get("bed_path") and genome.BED_EXTENT % data.seq_len:
             raise ConfigError(f"task.data.seq_len={data.seq_len} must divide 2^20 with task.data.bed_path (the "
                               "official loader tiles each interval's 2^20 bp); e.g. task.data.seq_len=1024")
+        context = {**cls.sizes[cfg.size], **(cfg.get("model") or {})}.get("max_len")
+        window = data.seq_len + (cls.objective == "causal")  # a causal model reads one token more
+        if cfg.stage == "pretrain" and context and window > context:
+            raise ConfigError(f"task.data.seq_len={data.seq_len} does not fit task.size={cfg.size}'s context of "
+                              f"{context}{' (one more token is read)' if window > data.seq_len else ''}; "
+                              f"lower it, e.g. task.data.seq_len={context // 2}")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -120,6 +126,19 @@ class GenomeTask(Task):
         if self.objective == "mlm":
             train, val = genome.MaskedLM(train, data.mask_prob, seed), genome.MaskedLM(val, data.mask_prob, seed + 1)
         return train, val
+
+    def artifacts(self) -> dict:
+        """The genome (the embedded chromosome, or a FASTA with its BED intervals), the gene predictions of the
+        embedded benchmark, or a GenomicBenchmarks dataset folder."""
+        data = self.cfg.data
+        if self.finetune:
+            if data.root:
+                return {"genomic_benchmark": Path(data.root)}
+            return {"genome": genome.embedded_sequence()[1], "gene_predictions": genome.embedded_coding_mask()}
+        found = {"genome": Path(data.fasta_path)} if data.fasta_path else {"genome": genome.embedded_sequence()[1]}
+        if data.get("bed_path"):
+            found["intervals"] = Path(data.bed_path)
+        return found
 
     def count(self, batch):
         tokens = batch["tokens"]

@@ -1,0 +1,173 @@
+"""The trainer's and the data pipeline's cost, per task: the time per optimizer step of each task's CPU default
+
+    (a) bare     a bare PyTorch loop — forward and loss (the task's), backward, clipping, AdamW — over batches
+                 made before the clock starts, on the same model and optimizer groups the trainer builds;
+    (b) data     the same loop drawing its batches from the task's training loader as the trainer makes it;
+    (c) trainer  `dyt.train.run.train`, the code path of `train.py`: with evaluation and checkpoints only at the
+                 end (`off`), and at the task's default cadence (`default`, their cost spread over the steps),
+
+printed as ratios to (a) and written to results/trainer/. Measured side by side: every round runs each variant
+once, each keeps its fastest round. The trainer's step time is the difference of two runs, of k and 2k steps,
+so its start-up and final evaluation cancel; at the default cadence one extra evaluation and checkpoint are
+timed the same way and spread over the task's `eval_every` and `ckpt_every`.
+
+    python scripts/bench_trainer.py                              # every task, this machine's threads
+    python scripts/bench_trainer.py --tasks vit llama --threads 1 --steps 20 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TASKS = ("vit", "convnext", "llama", "dit", "wav2vec2", "hyenadna", "caduceus")
+
+
+def compose(task: str, *overrides: str, run_dir: str = "unused"):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import dyt.train  # noqa: F401 — schemas and resolvers
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=[f"task={task}", "logger=none", "trainer.progress=log", *overrides,
+                                                 f"run_dir={run_dir}"])
+
+
+class Loop:
+    """The trainer's model, optimizer and loader, stepped by a bare loop."""
+
+    def __init__(self, cfg):
+        from dyt.optim import param_groups
+        from dyt.train.data import epoch_batches, train_loader
+        from dyt.train.run import build
+
+        self.task, self.model, _ = build(cfg)
+        train_set, _ = self.task.build_data()
+        tcfg, optim = cfg.trainer, cfg.trainer.optim
+        groups = param_groups(self.model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+        self.clip = optim.clip_grad or math.inf
+        self.loader = train_loader(train_set, tcfg.batch_size, seed=cfg.seed, rank=0, world=1,
+                                   collate_fn=self.task.collate_fn, num_workers=tcfg.num_workers)
+        self.batches = self._batches(epoch_batches)
+        self.model.train()
+
+    def _batches(self, epoch_batches):
+        epoch = 0
+        while True:
+            yield from epoch_batches(self.loader, epoch, 0)
+            epoch += 1
+
+    def step(self, batch) -> None:
+        loss, _ = self.task.loss(self.model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def bare(self, batches: list) -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            self.step(batch)
+        return (time.perf_counter() - start) / len(batches)
+
+    def with_data(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(next(self.batches))
+        return (time.perf_counter() - start) / steps
+
+
+def trainer_seconds(task: str, steps: int, overrides: list[str], *cadence: str) -> float:
+    """fit()'s wall time of a fresh run of `steps` steps; evaluation and checkpoints only at the end unless
+    `cadence` says otherwise (e.g. trainer.eval_every=k)."""
+    from dyt.train.run import train
+
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = compose(task, f"trainer.max_steps={steps}", "trainer.eval_every=1000000000",
+                      "trainer.ckpt_every=1000000000", *overrides, *cadence, run_dir=folder)
+        summary = train(cfg)
+    if summary["status"] != "completed":
+        raise RuntimeError(f"{task}: the trainer's run ended {summary['status']}: {summary.get('error')}")
+    return summary["wall_seconds"]
+
+
+def bench_task(task: str, steps: int, rounds: int, overrides: list[str]) -> dict:
+    cfg = compose(task, *overrides)
+    loop = Loop(cfg)
+    premade = [next(loop.batches) for _ in range(steps)]
+    loop.bare(premade[:2])  # warm-up: first calls build kernels and caches
+    best = {"bare": math.inf, "data": math.inf, "trainer_off": math.inf, "eval": math.inf, "ckpt": math.inf}
+    for _ in range(rounds):
+        best["bare"] = min(best["bare"], loop.bare(premade))
+        best["data"] = min(best["data"], loop.with_data(steps))
+        short, long = trainer_seconds(task, steps, overrides), trainer_seconds(task, 2 * steps, overrides)
+        best["trainer_off"] = min(best["trainer_off"], (long - short) / steps)
+        # one more evaluation (checkpoint) at step k of the long run, everything else alike
+        for part in ("eval", "ckpt"):
+            extra = trainer_seconds(task, 2 * steps, overrides, f"trainer.{part}_every={steps}") - long
+            best[part] = min(best[part], max(0.0, extra))
+    tcfg = cfg.trainer
+    # evaluation and checkpoints at the default cadence, each one's cost spread over the steps between them
+    spread = best["eval"] / tcfg.eval_every + best["ckpt"] / tcfg.ckpt_every
+    result = {"task": task, "steps": steps, "rounds": rounds, "batch_size": tcfg.batch_size,
+              "num_workers": tcfg.num_workers, "eval_every": tcfg.eval_every, "ckpt_every": tcfg.ckpt_every,
+              "seconds": {"bare": best["bare"], "data": best["data"], "trainer_off": best["trainer_off"],
+                          "trainer_default": best["trainer_off"] + spread},
+              "eval_seconds": best["eval"], "ckpt_seconds": best["ckpt"]}
+    result["ratios"] = {k: v / best["bare"] for k, v in result["seconds"].items()}
+    return result
+
+
+def table(results: list[dict], threads: int) -> str:
+    lines = [f"Time per optimizer step of each task's CPU default, {threads} thread(s), as a multiple of a bare loop "
+             "over pre-made batches (`python scripts/bench_trainer.py`):", "",
+             "| task | bare loop (ms) | + data pipeline | trainer, eval/ckpt off | trainer, default cadence | "
+             "trainer off ÷ data |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        s, q = r["seconds"], r["ratios"]
+        lines.append(f"| {r['task']} | {1000 * s['bare']:.1f} | {q['data']:.3f} | {q['trainer_off']:.3f} | "
+                     f"{q['trainer_default']:.3f} | {s['trainer_off'] / s['data']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per measurement (k)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "trainer")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides for every task (e.g. task.size=debug)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.getLogger("dyt.train").setLevel(logging.WARNING)
+    results = []
+    for task in args.tasks:
+        results.append(bench_task(task, args.steps, args.rounds, args.overrides))
+        print(json.dumps({k: results[-1][k] for k in ("task", "ratios")}), flush=True)
+    text = table(results, torch.get_num_threads())
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    (args.out / f"trainer_{threads}threads.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"trainer_{threads}threads.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
