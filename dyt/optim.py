@@ -35,7 +35,7 @@ def _exempt(model: nn.Module, rules) -> set[int]:
 
 
 def param_groups(model: nn.Module, weight_decay: float, *, decay_alpha: bool = False,
-                 no_decay=("one_dim", "listed")) -> list[dict]:
+                 no_decay=("one_dim", "listed"), lr_scale=None) -> list[dict]:
     """Two AdamW groups, `decay` and `no_decay`. `no_decay` names the rules (NO_DECAY_RULES) that exempt a
     parameter: the default is timm's (every ≤ 1-D tensor, and `no_weight_decay()`); `()` decays everything
     (fms-fsdp's LLaMA, fairseq's wav2vec 2.0); `("bias", "norm", "embedding", "listed")` is the HyenaDNA /
@@ -43,18 +43,19 @@ def param_groups(model: nn.Module, weight_decay: float, *, decay_alpha: bool = F
 
     `decay_alpha=True` puts each DyT-like layer's α back into decay whatever the rules say: the paper's
     vision code exempted it, its LLaMA code decayed every parameter at 0.1.
+
+    `lr_scale(name) -> float` (layer-wise lr decay, BEiT's and MAE's fine-tuning): the groups are split by
+    (decay, scale), in the order the parameters first reach them; every group carries its `lr_scale`, which the
+    trainer multiplies into the scheduled lr (1.0 without `lr_scale`).
     """
     alphas = {id(m.alpha) for m in model.modules() if isinstance(m, PointwiseNorm) and m.learn_alpha}
     exempt = _exempt(model, no_decay)
-    decay, kept = [], []
-    for param in model.parameters():
+    groups = {("decay", 1.0): [], ("no_decay", 1.0): []} if lr_scale is None else {}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if id(param) in exempt and not (decay_alpha and id(param) in alphas):
-            kept.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "group": "decay"},
-        {"params": kept, "weight_decay": 0.0, "group": "no_decay"},
-    ]
+        kind = "no_decay" if id(param) in exempt and not (decay_alpha and id(param) in alphas) else "decay"
+        groups.setdefault((kind, 1.0 if lr_scale is None else float(lr_scale(name))), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if kind == "decay" else 0.0,
+             "group": kind if lr_scale is None else f"{kind}_x{scale:.4g}", "lr_scale": scale}
+            for (kind, scale), params in groups.items()]

@@ -27,6 +27,10 @@ TASKS = {
     "wav2vec2": ["task=wav2vec2", "task.data.train_sentences=8", "task.data.val_sentences=8", "trainer.batch_size=1"],
     "hyenadna": ["task=hyenadna", "task.data.seq_len=128"],
     "caduceus": ["task=caduceus", "task.data.seq_len=64"],
+    "resnet": ["task=resnet"],
+    "mae": ["task=mae", "task.knn.bank_size=64"],
+    "dino": ["task=dino", "task.knn.bank_size=64", "task.dino.out_dim=64", "task.dino.local_crops_number=2",
+             "task.dino.local_crop_size=14"],
 }
 COMMON = ["task.size=debug", "trainer.strategy=fsdp", "trainer.max_steps=2", "trainer.batch_size=4",
           "trainer.log_every=1", "trainer.eval_every=2", "trainer.max_eval_batches=1", "logger=none",

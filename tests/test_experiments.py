@@ -18,7 +18,11 @@ TASK_TINY = {"llama": ["trainer.compile=false", "trainer.strategy=ddp"],
                      "task.grid.per_class=1", "task.sample.steps=2"],
              # the paper's windows (1,024 and 131,072 bp) at the debug model's 256-position context
              "hyenadna": ["task.data.require_real_data=false", "task.data.seq_len=64"],
-             "caduceus": ["task.data.require_real_data=false", "task.data.seq_len=64"]}
+             "caduceus": ["task.data.require_real_data=false", "task.data.seq_len=64"],
+             # the digits stand in for ImageNet: a small k-NN bank, DINO's crops at the digits' size, a small head
+             "mae": ["task.knn.bank_size=64"],
+             "dino": ["task.knn.bank_size=64", "task.dino.global_crop_size=28", "task.dino.local_crop_size=14",
+                      "task.dino.local_crops_number=2", "task.dino.out_dim=256"]}
 
 
 def _missing_keys(cfg) -> list[str]:

@@ -111,7 +111,8 @@ def test_every_task_trains_under_fsdp(tmp_path):
     result = subprocess.run(worker, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"vit", "convnext", "llama", "dit", "wav2vec2", "hyenadna", "caduceus"}
+    assert set(results) == {"vit", "convnext", "llama", "dit", "wav2vec2", "hyenadna", "caduceus", "resnet", "mae",
+                            "dino"}
     assert all(r == {"status": "completed", "steps": 2} for r in results.values()), results
 
 

@@ -60,6 +60,9 @@ def compose_cfg(*overrides, run_dir="unused"):
     (["trainer.progress=verbose"], "trainer.progress='verbose'"),
     (["trainer.optim.schedule=poly"], "trainer.optim.schedule='poly' is unknown"),
     (["trainer.optim.schedule=step"], "needs trainer.optim.step_size"),
+    (["task=dino", "task.size=debug"], "task.dino.local_crop_size=12 is not a multiple of task.size=debug's patch size 7"),
+    (["trainer.optim.layer_decay=1.5"], "trainer.optim.layer_decay=1.5 must be in (0, 1]"),
+    (["trainer.optim.layer_decay=0.75"], "needs a task that orders its layers (mae, dino); task=vit"),
     (["trainer.optim.no_decay=[bogus]"], "trainer.optim.no_decay has 'bogus'"),
     (["norm.fn=relu"], "norm.fn='relu' is unknown"),
     # strategy, precision and batch combinations that cannot work

@@ -38,6 +38,8 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio × lr
     clip_grad: Optional[float] = 1.0
+    # layer-wise lr decay (MAE fine-tuning): the lr of layer i of n is layer_decay^(n - i) × the schedule's; 1.0 = off
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -209,6 +211,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be ≥ 1")
     if trainer.optim.lr <= 0:
         raise ConfigError(f"trainer.optim.lr={trainer.optim.lr:g} must be > 0")
+    if not 0 < trainer.optim.layer_decay <= 1:
+        raise ConfigError(f"trainer.optim.layer_decay={trainer.optim.layer_decay} must be in (0, 1]; 1.0 is off")
     from dyt.optim import NO_DECAY_RULES
 
     from .schedule import SCHEDULES
@@ -242,6 +246,9 @@ def validate(cfg: DictConfig) -> None:
     _check_paths({"task": OmegaConf.to_container(cfg.task, resolve=True)}, "")
     _check_init_from(cfg.get("init_from"))
     _task_class(cfg.task).check_config(cfg.task)
+    if trainer.optim.layer_decay != 1.0 and _task_class(cfg.task).lr_scale is None:
+        raise ConfigError(f"trainer.optim.layer_decay={trainer.optim.layer_decay:g} needs a task that orders its layers "
+                          f"(mae, dino); task={cfg.task.name} has no order: leave it at 1.0")
     if cfg.norm.type in METHODS:
         _check_norm_free(cfg)
 

@@ -33,6 +33,9 @@ class Task:
     unused_parameters: bool = False
     # a convolutional model that runs faster with NHWC weights and inputs (trainer.channels_last)
     prefers_channels_last: bool = False
+    # layer-wise lr decay (trainer.optim.layer_decay < 1): a method (parameter name, layer_decay) → the factor on
+    # that parameter's lr; None: the task has no order of layers and the trainer refuses a decay
+    lr_scale = None
     # task-section mappings handed to a library's config (wav2vec 2.0's `model`: Wav2Vec2Config fields): keys the
     # task's config file does not list, which `check_config` checks against that library instead
     open_sections: tuple[str, ...] = ()

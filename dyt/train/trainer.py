@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -122,7 +123,11 @@ class Trainer:
         self.eval_padding = self._eval_padding()
         optim = tcfg.optim
         # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
-        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
+        lr_scale = None
+        if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers (checked in validate)
+            lr_scale = partial(task.lr_scale, layer_decay=optim.layer_decay)
+        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay,
+                              lr_scale=lr_scale)
         fused = True if acc.device.type == "cuda" else None
         if optim.name == "sgd":  # torchvision's: momentum, weight decay as L2 added to the gradient
             optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
@@ -346,7 +351,7 @@ class Trainer:
                            warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio, step_size=optim.step_size,
                            gamma=optim.gamma)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (trainer.optim.layer_decay)
         return lr
 
     # ------------------------------------------------------------ logging, eval, checkpoints
