@@ -252,6 +252,9 @@ def _dit_task(cls, task_cfg, notes):
                          "gives another")
         task.input_size = task_cfg.data.image_size // factor
         task.num_classes = task_cfg.data.num_classes
+        if task.num_classes is None:  # the run reads it from the folder's classes: planned as ImageNet's
+            task.num_classes = 1000
+            notes.append("classes: 1000 (ImageNet's); task.data.num_classes=<n> plans another")
         task.embedded = False
     return task
 

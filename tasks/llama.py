@@ -177,6 +177,11 @@ class Llama(Task):
                 raise LmEvalError(f"task.eval.lm_eval_tasks: {err}") from None
         return windows
 
+    def describe_data(self, train_set, val_set) -> dict:
+        windows = len(train_set) if hasattr(train_set, "__len__") else "streamed"
+        return {**self.corpus.describe(), "train_windows": windows, "val_windows": len(val_set),
+                "seq_len": self.seq_len}
+
     def artifacts(self) -> dict:
         """The tokenizer (its whole definition), and the token file or, streamed, the corpus's files by name,
         size and date."""

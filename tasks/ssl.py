@@ -27,6 +27,7 @@ from torch import nn
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline
 
+from .data.image_folder import check_image_folder
 from .image_classification import ImageClassification
 
 STAGES = ("pretrain", "finetune")
@@ -147,11 +148,7 @@ class SelfSupervisedViT(ImageClassification):
             raise ConfigError(f"task.stage={cfg.stage} is unknown; use pretrain or finetune")
         if cfg.size not in BACKBONES:
             raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.name}; known: {', '.join(BACKBONES)}")
-        if cfg.data.root:
-            for split in ("train", "val"):
-                if not (Path(cfg.data.root) / split).is_dir():
-                    raise ConfigError(f"task.data.root={cfg.data.root} has no {split}/ folder; an ImageFolder tree "
-                                      f"needs train/<class>/<image> and val/<class>/<image>")
+        check_image_folder(cfg.data)
 
     @staticmethod
     def patch_size(cfg) -> int:

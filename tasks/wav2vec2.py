@@ -19,8 +19,10 @@ log-mel frames instead of the conv stack (`task.front_end`); their per-bin Group
 """
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +37,8 @@ from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
 from .data import speech
+
+log = logging.getLogger("dyt.train")
 
 # Architectures. Base is fairseq's wav2vec2_base_librispeech.yaml (post-LN, fairseq's default extractor mode:
 # GroupNorm in the first conv layer, no conv bias; final_dim 256): transformers' Wav2Vec2Config defaults.
@@ -142,6 +146,22 @@ class Wav2Vec2Pretraining(Task):
                               f"task.data.root (e.g. task.data.val=[dev-clean,dev-other])")
         if d.val == HELD_OUT and not 0 < d.held_out_fraction < 1:
             raise ConfigError(f"task.data.held_out_fraction={d.held_out_fraction} must be in (0, 1); fairseq: 0.01")
+        if d.root:
+            root = Path(d.root).expanduser()
+            if not root.is_dir():
+                raise ConfigError(f"task.data.root={d.root} is not a folder; give LibriSpeech's or any folder of audio")
+            named = [*d.train, *(d.val if OmegaConf.is_list(d.val) else [])]
+            missing = [name for name in named if not (root / name).is_dir()]
+            if missing and len(missing) < len(named):  # a LibriSpeech tree short of a named subset
+                raise ConfigError(f"task.data.root={d.root} has no {missing[0]}/ of the folders task.data.train / "
+                                  f"task.data.val name; name the ones it has, e.g. task.data.train=[train-clean-100]")
+
+    @staticmethod
+    def train_folders(d) -> list[str]:
+        """task.data.train's subfolders of root, or, where root has none of them (a folder of one's own audio),
+        root itself."""
+        root = Path(d.root).expanduser()
+        return list(d.train) if any((root / name).is_dir() for name in d.train) else ["."]
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -198,10 +218,14 @@ class Wav2Vec2Pretraining(Task):
 
     def build_data(self):
         d = self.cfg.data
+        if d.root and self.train_folders(d) == ["."]:
+            log.info("task.data.root=%s has none of task.data.train's folders (%s): training on every audio file "
+                     "under it", d.root, ", ".join(d.train))
         if d.root and d.val == HELD_OUT:
-            train, val = speech.held_out_audio(d.root, d.train, d.cache_dir, d.held_out_fraction, d.held_out_seed)
+            train, val = speech.held_out_audio(d.root, self.train_folders(d), d.cache_dir, d.held_out_fraction,
+                                               d.held_out_seed)
         elif d.root:
-            train = speech.audio_folders(d.root, d.train, d.cache_dir)
+            train = speech.audio_folders(d.root, self.train_folders(d), d.cache_dir)
             val = speech.audio_folders(d.root, d.val, d.cache_dir)
         else:
             train, val = speech.synthetic_speech(d.cache_dir, d.train_sentences, d.val_sentences, d.seed)
@@ -212,6 +236,21 @@ class Wav2Vec2Pretraining(Task):
                 speech.LengthBatches(val, val.lengths, fixed_crops=True, **batches))
 
     collate_fn = staticmethod(speech.collate_batches)
+
+    def describe_data(self, train_set, val_set) -> dict:
+        """Utterances and hours per split, at 16 kHz (every file is read resampled to it), and the split."""
+        d = self.cfg.data
+        found = {"source": str(d.root) if d.root else "speech synthesised by eSpeak NG from Wikipedia sentences"}
+        for split, data in self.speech.items():
+            seconds = sum(data.lengths) / speech.SAMPLE_RATE
+            length = (f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60
+                      else f"{seconds:.1f} s")
+            found[split] = f"{len(data)} utterances, {length}"
+        found["sample_rate"] = speech.SAMPLE_RATE
+        if d.root and d.val == HELD_OUT:
+            found["split"] = (f"{d.held_out_fraction:.0%} of the training files held out (seed {d.held_out_seed}, "
+                              "fairseq's manifest rule)")
+        return found
 
     def artifacts(self) -> dict:
         """The speech: synthesised audio itself, or the audio files' manifest (paths and lengths)."""

@@ -193,7 +193,7 @@ def test_image_folder_is_encoded_once_to_posteriors_and_resumes_exactly(tmp_path
     _tiny_vae(tmp_path / "vae")
     run = tmp_path / "run"
     args = ["task=dit", "norm=layernorm", "task.size=debug", f"task.data.root={tmp_path / 'data'}",
-            f"task.vae.path={tmp_path / 'vae'}", "task.data.num_classes=2", "task.data.image_size=32",
+            f"task.vae.path={tmp_path / 'vae'}", "task.data.image_size=32",
             f"task.data.cache_dir={tmp_path / 'latents'}", "task.data.num_workers=0", "trainer.max_steps=2",
             "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=1", "task.sample.steps=2",
             "task.sample.scheduler=ddpm", "task.grid.per_class=2"]

@@ -32,7 +32,7 @@ def test_embedded_split_is_deterministic_stratified_and_disjoint():
 def test_image_folder_with_the_paper_augmentations_and_ema(tmp_path):
     root = _image_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
-    run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}", "task.data.num_classes=2",
+    run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}",
               "task.data.image_size=28", "task.augment.randaug=rand-m9-mstd0.5-inc1", "task.augment.mixup=0.8",
               "task.augment.cutmix=1.0", "task.augment.label_smoothing=0.1", "task.augment.random_erasing=0.25",
               "trainer.ema_decay=0.9", "trainer.batch_size=4", "trainer.max_steps=3", "trainer.eval_every=3")

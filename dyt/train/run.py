@@ -277,16 +277,19 @@ def train(cfg: DictConfig) -> dict:
     seed_process(cfg.seed, accelerator.process_index)
     label = norm_label(cfg.norm, native=built.native)
     origin = provenance(task) if accelerator.is_main_process else {}  # hashed once, by the process that writes
+    described = task.describe_data(train_set, val_set) if accelerator.is_main_process else {}
     meta = run_metadata(cfg, task, swaps, label, n_params, sweep)
     run_info = {"task": task.name, "size": meta["size"], "stage": meta["stage"], "norm": label,
                 "norm_type": cfg.norm.type, "alpha_init": _alpha_init(cfg.norm), "alpha_per_role": meta["alpha_per_role"],
                 "seed": cfg.seed, "group": meta["group"], "sweep": meta["sweep"], "swept": meta["swept"],
                 "params": n_params, "norms_replaced": len(swaps.replaced),
-                "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir), "provenance": origin}
+                "decay_alpha": cfg.trainer.optim.decay_alpha, "run_dir": str(run_dir), "data": described,
+                "provenance": origin}
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "norms.txt").write_text(str(swaps) + "\n")
         log.info("run folder %s", run_dir)
+        log.info("data: %s", "; ".join(f"{key} {value}" for key, value in described.items()))
         log.info("norm layers:\n%s", swaps)
         log.info("%s: %.2fM parameters, %s train / %s val samples, %d processes (%s), α decay %s", task.name,
                  n_params / 1e6, _size(train_set), _size(val_set), accelerator.num_processes, tcfg.strategy,

@@ -95,6 +95,15 @@ class Task:
     def on_run_end(self, model: nn.Module, run_dir, tracker) -> None:
         """Artifacts after training (sample grids, …); called on the main process only."""
 
+    def describe_data(self, train_set: Dataset, val_set: Dataset) -> dict:
+        """What the run reads, made after `build_data` on the main process: logged in one line before training
+        and kept in summary.json (`data`). Tasks say more (classes, tokens, hours, contigs) and how a split the
+        data lack was made."""
+        def size(dataset):
+            return len(dataset) if hasattr(dataset, "__len__") else "streamed"
+
+        return {"train": size(train_set), "val": size(val_set)}
+
     def artifacts(self) -> dict:
         """What the run's numbers depend on besides the config, made or read by `build_data`: name → a file or
         folder (Path), bytes, text or an array (tokenizer, token file, synthesised speech, gene predictions,

@@ -65,6 +65,12 @@ class Genome:
         window = self.contigs[contig][start:end]
         return window if isinstance(window, np.ndarray) else encode(str(window))
 
+    def other_letters(self, chunk: int = 1 << 24) -> int:
+        """Positions that are not A, C, G or T (N, IUPAC codes), over every contig: read a chunk at a time."""
+        other = VOCAB.index("N")
+        return sum(int((self.fetch(name, start, start + chunk) == other).sum())
+                   for name, length in self.lengths.items() for start in range(0, length, chunk))
+
 
 @lru_cache(maxsize=1)
 def embedded_sequence() -> tuple[str, str]:

@@ -237,10 +237,16 @@ def held_out_audio(root: str | Path, subsets, cache_dir, fraction: float, seed: 
     relative to `root` (`train-clean-100/19/198/19-198-0001.flac`), so the subsets' order does not matter."""
     files = audio_folders(root, subsets, cache_dir)
     root = Path(root).expanduser().resolve()
-    kept, held_out = held_out_split([os.path.relpath(p, root) for p in files.paths], fraction, seed)
+    names = [os.path.relpath(p, root) for p in files.paths]
+    kept, held_out = held_out_split(names, fraction, seed)
+    if not held_out and len(files) > 1:  # a small folder, where fairseq's rule would validate on nothing
+        last = max(range(len(names)), key=names.__getitem__)
+        kept, held_out = [i for i in range(len(names)) if i != last], [last]
+        log.info("task.data.held_out_fraction=%g holds out none of the %d files: validating on the last in path "
+                 "order, %s", fraction, len(names), names[last])
     if not held_out:
-        raise ValueError(f"task.data.held_out_fraction={fraction} holds out none of the {len(files)} training files; "
-                         f"raise it or name validation folders in task.data.val")
+        raise ValueError(f"task.data.root={root} holds one audio file; validation needs another, or name validation "
+                         f"folders in task.data.val")
     return files.select(kept), files.select(held_out)
 
 

@@ -430,6 +430,26 @@ class TextCorpus:
         tokenizer = self.tokenizer
         return self.cache / "tokens" / f"{_key(self.source_id, tokenizer_id(tokenizer))}.{token_dtype(len(tokenizer))}"
 
+    def describe(self) -> dict:
+        """The corpus as read: its files (format, count), documents and tokens (a streamed corpus: its files
+        alone, nothing is counted ahead), how it is split, and the tokenizer with its vocabulary."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        found = {"source": f"embedded English Wikipedia ({EMBEDDED_DUMP}, gensim)" if self.embedded else str(cfg.path)}
+        if not self.embedded:
+            builder, files = data_files(cfg.path)
+            found.update(format=builder, files=len(files))
+        if cfg.streaming and not self.embedded:
+            found.update(documents="streamed", split=f"the stream's first {cfg.val_documents} documents validate")
+        else:
+            tokens = np.memmap(self.token_path, dtype=self.token_path.suffix[1:], mode="r")
+            # the embedded articles are counted by their end-of-text tokens (parsing the dump again costs seconds)
+            found["documents"] = (int((tokens == end_of_text_id(tokenizer)).sum()) if self.embedded
+                                  else len(self.documents))
+            found.update(tokens=len(tokens), split=f"the last {cfg.val_fraction:.0%} of the tokens validate")
+        found.update(tokenizer=cfg.tokenizer_path or "byte-level BPE trained on the corpus (cached)",
+                     vocabulary=len(tokenizer))
+        return found
+
     def held_out_texts(self) -> tuple[Iterator[str], Iterator[str] | None]:
         """(the validation text, the training text) as documents of plain text, decoded lazily one document at a
         time, for evaluations built from text the model never trained on (tasks/data/cloze.py). The validation

@@ -127,6 +127,31 @@ class GenomeTask(Task):
             train, val = genome.MaskedLM(train, data.mask_prob, seed), genome.MaskedLM(val, data.mask_prob, seed + 1)
         return train, val
 
+    def describe_data(self, train_set, val_set) -> dict:
+        """Pretraining: the genome's contigs, length and letters other than ACGT, and how it is split.
+        Fine-tuning: the benchmark's classes and sequences per split."""
+        data = self.cfg.data
+        if self.finetune:
+            inner = getattr(train_set, "dataset", train_set)
+            found = {"source": str(data.root) if data.root else "the embedded chromosome's coding vs intergenic "
+                     "windows (pyrodigal's gene predictions)", "train": len(train_set), "val": len(val_set)}
+            classes = getattr(inner, "classes", None)
+            found["classes"] = ", ".join(classes) if classes else "intergenic, coding"
+            if data.root:
+                found["split"] = ("GenomicBenchmarks' test/ evaluates" if data.get("split_seed") is None else
+                                  f"{genome.HOLD_OUT_FRACTION:.0%} of train/ held out (seed {data.split_seed}) "
+                                  "and test/ evaluate")
+            return found
+        source = genome.fasta_genome(data.fasta_path, data.contigs) if data.fasta_path else genome.embedded_genome()
+        lengths = source.lengths
+        found = {"source": data.fasta_path or f"the embedded chromosome {genome.embedded_sequence()[0]}",
+                 "contigs": len(lengths), "length": f"{sum(lengths.values()):,} bp",
+                 "other_than_ACGT": source.other_letters(), "train_windows": len(train_set),
+                 "val_windows": len(val_set)}
+        found["split"] = (f"the BED file's train and valid intervals ({data.bed_path})" if data.get("bed_path") else
+                          f"blocks of {data.block:,} bp in order, every {round(1 / data.val_fraction)}th validates")
+        return found
+
     def artifacts(self) -> dict:
         """The genome (the embedded chromosome, or a FASTA with its BED intervals), the gene predictions of the
         embedded benchmark, or a GenomicBenchmarks dataset folder."""
