@@ -167,7 +167,7 @@ class DiTTask(Task):
         if cfg.data.root:
             if not cfg.vae.path:
                 raise ConfigError("task.data.root is set: DiT trains in latent space, give task.vae.path=<local AutoencoderKL>")
-            check_image_folder(cfg.data, auto_size=False)  # the VAE's geometry fixes the size
+            check_image_folder(cfg.data, auto_size=False, needs_val=True)  # the VAE's geometry fixes the size
         elif cfg.data.require_root:  # never a 400k-step run on the digits by mistake
             raise ConfigError("this configuration trains on real data (task.data.require_root): give task.data.root=<ImageFolder>")
         if prediction_of(cfg) not in PREDICTIONS:

@@ -21,7 +21,8 @@ from torch import nn
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline, Task
 
-from .data.image_folder import check_image_folder, first_image_size, folder_classes, resolved_image_size, upscale_notice
+from .data.image_folder import (check_image_folder, first_image_size, folder_classes, folder_splits, resolved_image_size,
+                                split_note, upscale_notice)
 
 log = logging.getLogger("dyt.train")
 
@@ -153,9 +154,11 @@ class ImageClassification(Task):
                     "train": len(train_set), "val": len(val_set), "image_size": f"28×28 padded to {self.image_size}",
                     "split": "90/10 per class"}
         width, height = first_image_size(str(self.cfg.data.root))
-        return {"source": str(self.cfg.data.root), "classes": self.num_classes, "train": len(train_set),
-                "val": len(val_set), "image_size": f"{width}×{height} (the first of train/)",
-                "input_size": self.image_size}
+        found = {"source": str(self.cfg.data.root), "classes": self.num_classes, "train": len(train_set),
+                 "val": len(val_set), "image_size": f"{width}×{height} (the first of train/)",
+                 "input_size": self.image_size}
+        note = split_note(self.cfg.data)
+        return {**found, "split": note} if note else found
 
     def build_data(self):
         if self.embedded:
@@ -174,7 +177,6 @@ class ImageClassification(Task):
 
     def _image_folder(self, root: Path):
         from timm.data import create_transform
-        from torchvision.datasets import ImageFolder
 
         notice = upscale_notice(self.cfg.data)
         if notice:
@@ -188,7 +190,7 @@ class ImageClassification(Task):
                                     re_prob=augment.random_erasing, re_mode=augment.random_erasing_mode,
                                     interpolation=interpolation, color_jitter=augment.get("color_jitter", 0.4))
         val_tf = create_transform(self.image_size, is_training=False, interpolation=interpolation, crop_pct=0.875)
-        return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+        return folder_splits(root, train_tf, val_tf, self.cfg.data.val_fraction)
 
     def artifacts(self) -> dict:
         """The embedded digits' file, or the image folder (its manifest when it holds a dataset's worth)."""

@@ -148,7 +148,7 @@ class SelfSupervisedViT(ImageClassification):
             raise ConfigError(f"task.stage={cfg.stage} is unknown; use pretrain or finetune")
         if cfg.size not in BACKBONES:
             raise ConfigError(f"task.size={cfg.size} is unknown for {cfg.name}; known: {', '.join(BACKBONES)}")
-        check_image_folder(cfg.data)
+        check_image_folder(cfg.data, needs_val=True)  # pretraining reads all of train/: validation is its own folder
 
     @staticmethod
     def patch_size(cfg) -> int:

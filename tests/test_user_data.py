@@ -4,6 +4,7 @@ image size), says in one line what it read, and keeps the same in summary.json (
 from __future__ import annotations
 
 import json
+import shutil
 import wave
 
 import numpy as np
@@ -52,6 +53,22 @@ def test_an_image_folder_gives_its_classes_and_size(tmp_path):
     auto = tmp_path / "auto"
     run_train(auto, "task=vit", "task.size=debug", f"task.data.root={root}", "task.data.image_size=auto", *FAST)
     assert _described(auto)["input_size"] == 24 and "resized" not in (auto / "train.log").read_text()
+
+
+def test_an_image_folder_without_val_is_split_by_class_and_says_so(tmp_path):
+    root = _image_folder(tmp_path / "images", per_class=10)
+    shutil.rmtree(root / "val")
+    run_dir = tmp_path / "run"
+    run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}", "task.data.image_size=auto", *FAST)
+    data = _described(run_dir)
+    assert (data["classes"], data["train"], data["val"]) == (3, 27, 3)  # a tenth of each class validates
+    assert data["split"] == "no val/: a fixed 10% of each class of train/ validates, the rest trains"
+
+    from tasks.data.image_folder import folder_splits
+
+    train, val = folder_splits(root, None, None, 0.1)
+    assert not set(train.indices) & set(val.indices) and folder_splits(root, None, None, 0.1)[1].indices == val.indices
+    assert sorted(train.dataset.targets[i] for i in val.indices) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("make, args, needle", [

@@ -19,9 +19,10 @@ def folder_classes(root: str) -> tuple[str, ...]:
     return tuple(find_classes(str(Path(root) / "train"))[0])
 
 
-def check_image_folder(data, *, auto_size: bool = True) -> None:
-    """`task.data` against its folder: both splits there, the same classes in each, `num_classes` (when set) equal
-    to their count, `image_size` a size (or `auto`, where the task takes it)."""
+def check_image_folder(data, *, auto_size: bool = True, needs_val: bool = False) -> None:
+    """`task.data` against its folder: train/ there (and val/ where the task cannot split train/), the same classes
+    in both, `num_classes` (when set) equal to their count, `image_size` a size (or `auto`, where the task takes
+    it)."""
     size = data.get("image_size")
     if size is not None and not (isinstance(size, int) and size > 0) and not (auto_size and size == "auto"):
         raise ConfigError(f"task.data.image_size={size} must be a number of pixels"
@@ -29,15 +30,15 @@ def check_image_folder(data, *, auto_size: bool = True) -> None:
     if not data.root:
         return
     root = Path(data.root)
-    for split in SPLITS:
+    for split in SPLITS if needs_val else SPLITS[:1]:
         if not (root / split).is_dir():
             raise ConfigError(f"task.data.root={data.root} has no {split}/ folder; an ImageFolder tree needs "
                               f"train/<class>/<image> and val/<class>/<image>")
+    from torchvision.datasets.folder import find_classes
+
     try:
         train = folder_classes(str(root))
-        from torchvision.datasets.folder import find_classes
-
-        val = tuple(find_classes(str(root / "val"))[0])
+        val = tuple(find_classes(str(root / "val"))[0]) if (root / "val").is_dir() else train
     except FileNotFoundError:
         raise ConfigError(f"task.data.root={data.root}: train/ or val/ holds no class folder; an ImageFolder tree "
                           f"needs train/<class>/<image> and val/<class>/<image>") from None
@@ -80,3 +81,34 @@ def upscale_notice(data) -> str | None:
         return (f"the images of {data.root} are {width}×{height} (the first of train/) and are resized to "
                 f"{size}×{size}; task.data.image_size=auto (or ={max(width, height)}) trains at their own size")
     return None
+
+
+def has_val(root) -> bool:
+    return (Path(root) / "val").is_dir()
+
+
+def folder_splits(root, train_transform, val_transform, val_fraction: float):
+    """(train, val) ImageFolders of root/train and root/val; without val/, a fixed stratified `val_fraction` of
+    each class of train/ validates (the embedded digits' split, `split_indices`), with the validation transform,
+    and trains on the rest: disjoint, the same on every run and machine."""
+    from torch.utils.data import Subset
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if has_val(root):
+        return ImageFolder(str(root / "train"), train_transform), ImageFolder(str(root / "val"), val_transform)
+    import torch
+
+    from .mnist import split_indices
+
+    train = ImageFolder(str(root / "train"), train_transform)
+    train_idx, val_idx = split_indices(torch.tensor(train.targets), val_fraction)
+    val = Subset(ImageFolder(str(root / "train"), val_transform), val_idx.tolist())
+    return Subset(train, train_idx.tolist()), val
+
+
+def split_note(data) -> str | None:
+    """How validation was made, where the folder has no val/."""
+    if has_val(data.root):
+        return None
+    return f"no val/: a fixed {data.val_fraction:.0%} of each class of train/ validates, the rest trains"
