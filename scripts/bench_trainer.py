@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TASKS = ("vit", "convnext", "llama", "dit", "wav2vec2", "hyenadna", "caduceus")
+TASKS = ("vit", "convnext", "resnet", "llama", "dit", "wav2vec2", "hyenadna", "caduceus", "mae", "dino")
 
 
 def compose(task: str, *overrides: str, run_dir: str = "unused"):

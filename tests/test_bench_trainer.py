@@ -1,0 +1,23 @@
+"""scripts/bench_trainer.py runs each kind of task (a supervised one, a self-supervised one with its teacher) and
+writes its table; the ratios it measures are for the benchmark, not asserted here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.bench_trainer import main
+
+
+@pytest.mark.parametrize("task, tiny", [
+    ("vit", []),
+    ("dino", ["task.dino.local_crop_size=14", "task.dino.local_crops_number=2", "task.knn.bank_size=64"]),
+])
+def test_bench_trainer_measures_the_three_loops_and_writes_its_table(tmp_path, task, tiny):
+    main(["--tasks", task, "--steps", "2", "--rounds", "1", "--out", str(tmp_path), "task.size=debug",
+          "trainer.batch_size=4", "trainer.max_eval_batches=1", *tiny])
+    (result,) = json.loads(next(tmp_path.glob("trainer_*threads.json")).read_text())
+    assert result["task"] == task and set(result["seconds"]) == {"bare", "data", "trainer_off", "trainer_default"}
+    # the trainer's step is a difference of two runs' times: at 2 steps it may come out at or below 0
+    assert result["seconds"]["bare"] > 0 and result["seconds"]["data"] > 0 and result["ratios"]["bare"] == 1.0
+    assert f"| {task} |" in next(tmp_path.glob("trainer_*threads.md")).read_text()
