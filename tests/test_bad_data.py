@@ -61,3 +61,50 @@ def test_an_unreadable_first_image_is_one_line_before_any_work(tmp_path):
     result = run_train(tmp_path / "run", "task=vit", "task.size=debug", f"task.data.root={root}",
                        "task.data.image_size=auto", *FAST, check=False)
     _one_error_line(result, f"{root / 'train' / 'ant' / '0.png'} is not a readable image")
+
+
+# ---------------------------------------------------------------- audio
+
+
+def _wav(path, seconds: float = 1.5, seed: int = 0):
+    samples = (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 3000).astype(np.int16)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(samples.tobytes())
+
+
+def test_unreadable_audio_files_are_skipped_counted_and_the_first_named(tmp_path):
+    folder = tmp_path / "audio" / "speaker1"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        _wav(folder / f"{i}.wav", seed=i)
+    (folder / "5.flac").write_bytes(b"fLaC but nothing after it")
+    (folder / "6.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    fast = [arg for arg in FAST if not arg.startswith("trainer.batch_size")]
+    cache = tmp_path / "cache"
+    for run in ("run", "again"):  # the second run reads the manifest the first made, and reports the same
+        run_dir = tmp_path / run
+        run_train(run_dir, "task=wav2vec2", "task.size=debug", f"task.data.root={tmp_path / 'audio'}", *fast,
+                  DYT_CACHE_DIR=str(cache))
+        data = summary(run_dir)["data"]
+        assert data["unreadable_files"] == 2 and data["train"] == "4 utterances, 6.0 s", data
+        log = (run_dir / "train.log").read_text()
+        assert f"2 of the 7 audio files under {tmp_path / 'audio'} are unreadable and skipped (the first: " \
+               f"{folder / '5.flac'}: Error opening" in log
+
+
+def test_audio_that_fails_when_read_is_one_line_naming_it(tmp_path):
+    from tasks.data.errors import UnreadableFile
+    from tasks.data.speech import AudioFiles
+
+    broken = tmp_path / "0.wav"
+    broken.write_bytes(b"not audio")
+    with pytest.raises(UnreadableFile, match=f"^{broken} is not readable audio .*; remove or replace it"):
+        AudioFiles([str(broken)], [16000])[0]
+    # as torch re-raises it from a DataLoader worker: the one line is kept
+    wrapped = UnreadableFile("Caught UnreadableFile in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"x.py\", line 1, in f\ntasks.data.errors.UnreadableFile: a.wav is "
+                             "not readable audio\n")
+    assert str(wrapped) == "a.wav is not readable audio"

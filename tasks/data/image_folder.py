@@ -16,18 +16,13 @@ from pathlib import Path
 
 from dyt.train.config import ConfigError
 
+from .errors import UnreadableFile
+
 SPLITS = ("train", "val")
 
 
-class UnreadableImage(ConfigError):
-    """An image of the folder that PIL cannot read. Raised in a DataLoader worker, torch re-raises it in the main
-    process as `UnreadableImage("Caught UnreadableImage in DataLoader worker … Original Traceback …")`: the
-    constructor keeps the original one-line message, so the runner prints one `error: …` line either way."""
-
-    def __init__(self, message: str):
-        if "\nOriginal Traceback" in message:  # torch's ExceptionWrapper.reraise: the message is the last line
-            message = message.rstrip().rpartition("\n")[2].partition(f"{type(self).__name__}: ")[2] or message
-        super().__init__(message)
+class UnreadableImage(UnreadableFile):
+    """An image of the folder that PIL cannot read (one line, from a DataLoader worker too)."""
 
 
 def read_image(path: str):
