@@ -108,3 +108,42 @@ def test_audio_that_fails_when_read_is_one_line_naming_it(tmp_path):
                              "call last):\n  File \"x.py\", line 1, in f\ntasks.data.errors.UnreadableFile: a.wav is "
                              "not readable audio\n")
     assert str(wrapped) == "a.wav is not readable audio"
+
+
+# ---------------------------------------------------------------- text
+
+
+def _jsonl_folder(folder, bad_line: bytes | None, suffix: str = ".jsonl"):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["river", "stone", "light", "north", "garden", "window", "market", "winter", "signal", "copper"]
+    for part in range(2):
+        lines = [json.dumps({"text": " ".join(rng.choice(words, 40))}).encode() for _ in range(30)]
+        if part == 1 and bad_line is not None:
+            lines[6] = bad_line  # line 7 of the second file
+        (folder / f"part{part}{suffix}").write_bytes(b"\n".join(lines) + b"\n")
+    return folder
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    (b'{"text": "cut off in the middle', "not a JSON object (Unterminated string"),
+    (b'["a list", "of words"]', "not a JSON object (a JSON list, not an object)"),
+    ('{"text": "latin-1 café"}'.encode("latin-1"), "not a JSON object (not UTF-8"),
+], ids=["cut", "list", "latin1"])
+def test_a_malformed_jsonl_line_is_one_error_naming_the_file_and_line(tmp_path, bad_line, reason):
+    folder = _jsonl_folder(tmp_path / "text", bad_line)
+    result = run_train(tmp_path / "run", "task=llama", "task.size=debug", f"task.data.path={folder}",
+                       "task.data.seq_len=32", *FAST, check=False, DYT_CACHE_DIR=str(tmp_path / "cache"))
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last.startswith(f"error: task.data.path={folder}: {folder / 'part1.jsonl'} line 7 is {reason}"), last
+
+
+def test_a_json_document_file_that_parses_is_not_blamed_on_a_line(tmp_path):
+    from tasks.data.text import first_bad_json_line
+
+    document = tmp_path / "rows.json"
+    document.write_text(json.dumps([{"text": "one"}, {"text": "two"}], indent=2))
+    assert first_bad_json_line([str(document)]) is None
+    document.write_text('[\n  {"text": "one"},\n  {"text": "two"\n]\n')
+    assert first_bad_json_line([str(document)])[1] == 4
