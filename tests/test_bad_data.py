@@ -147,3 +147,40 @@ def test_a_json_document_file_that_parses_is_not_blamed_on_a_line(tmp_path):
     assert first_bad_json_line([str(document)]) is None
     document.write_text('[\n  {"text": "one"},\n  {"text": "two"\n]\n')
     assert first_bad_json_line([str(document)])[1] == 4
+
+
+# ---------------------------------------------------------------- genomes
+
+
+def test_a_fastas_lower_case_iupac_codes_and_odd_characters(tmp_path):
+    """Lower case is the same base (soft-masked repeats); IUPAC codes are N, counted; a character that is no
+    nucleotide code at all is N too, counted, and the first named in a warning."""
+    rng = np.random.default_rng(0)
+    sequence = list("".join(rng.choice(list("ACGT"), 120_000)))
+    for position in range(1000, 3000):  # a soft-masked repeat: still A, C, G, T
+        sequence[position] = sequence[position].lower()
+    for position, letter in ((10, "R"), (500, "y"), (700, "N"), (90_000, "n")):
+        sequence[position] = letter
+    for position, character in ((60_001, "*"), (60_002, "5")):  # no nucleotide code
+        sequence[position] = character
+    fasta = tmp_path / "genome.fa"
+    fasta.write_text(">chrX test\n" + "\n".join("".join(sequence[i:i + 60]) for i in range(0, len(sequence), 60)) + "\n")
+    run_dir = tmp_path / "run"
+    run_train(run_dir, "task=hyenadna", "task.size=debug", f"task.data.fasta_path={fasta}", "task.data.seq_len=128",
+              *FAST)
+    assert summary(run_dir)["data"]["other_than_ACGT"] == 6
+    log = (run_dir / "train.log").read_text()
+    assert "2 positions hold a character that is no nucleotide code (IUPAC), read as N; the first: '*' at chrX:60002" in log
+
+    from tasks.data.genome import encode
+
+    assert encode("ACGTacgtRyNn*").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 4, 4, 4, 4]
+
+
+def test_a_fasta_pyfaidx_cannot_index_is_one_line(tmp_path):
+    fasta = tmp_path / "genome.fa"
+    fasta.write_text(">chr1\n" + "ACGT" * 15 + "\nACG\n" + "ACGT" * 15 + "\n")  # a short line inside the contig
+    result = run_train(tmp_path / "run", "task=hyenadna", "task.size=debug", f"task.data.fasta_path={fasta}",
+                       "task.data.seq_len=128", *FAST,
+                       check=False)
+    _one_error_line(result, f"task.data.fasta_path={fasta} is not a FASTA pyfaidx can index", "line 3")
