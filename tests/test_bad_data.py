@@ -184,3 +184,44 @@ def test_a_fasta_pyfaidx_cannot_index_is_one_line(tmp_path):
                        "task.data.seq_len=128", *FAST,
                        check=False)
     _one_error_line(result, f"task.data.fasta_path={fasta} is not a FASTA pyfaidx can index", "line 3")
+
+
+# ---------------------------------------------------------------- many runs at once on a cold cache
+
+
+def test_four_runs_started_together_on_a_cold_cache_build_each_cache_once(tmp_path):
+    """Two LLaMA runs (a tokenizer and a token file to make) and two wav2vec 2.0 runs (speech to synthesise), started
+    at once with an empty data cache and an empty torch extension folder (the DyT CPU kernel to compile): all
+    complete, and every cache entry is made by one run while the others wait on its lock (tasks/data/cache.py)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, train_env
+
+    cache, extensions = tmp_path / "cache", tmp_path / "torch_extensions"
+    env = train_env(DYT_CACHE_DIR=str(cache), TORCH_EXTENSIONS_DIR=str(extensions))
+    common = ["trainer.max_steps=2", "trainer.max_eval_batches=1", "trainer.eval_every=2", "logger=none",
+              "trainer.progress=log"]
+    runs = {f"llama{i}": ["task=llama", "task.size=debug", "task.data.seq_len=64", "task.data.vocab_size=512",
+                          "trainer.batch_size=2", f"seed={i}"] for i in range(2)}
+    runs |= {f"wav2vec2_{i}": ["task=wav2vec2", "task.size=debug", "task.data.train_sentences=12",
+                               "task.data.val_sentences=3", f"seed={i}"] for i in range(2)}
+    processes = {name: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *common,
+                                         f"hydra.run.dir={tmp_path / name}"], cwd=ROOT, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for name, args in runs.items()}
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, f"{name} exited {process.returncode}\n{output[-4000:]}"
+        assert summary(tmp_path / name)["status"] == "completed", name
+
+    def entries(folder, pattern="*"):  # what the cache holds, without the locks beside it
+        return sorted(p.name for p in (cache / folder).glob(pattern) if not p.name.endswith(".lock"))
+
+    assert len(entries("tokenizers")) == 1 and len(entries("tokens")) == 1 and len(entries("speech")) == 1, (
+        entries("tokenizers"), entries("tokens"), entries("speech"))
+    logs = {name: (tmp_path / name / "train.log").read_text() for name in runs}
+    for made in ("training a byte-level BPE tokenizer", "tokenizing the text once into", "synthesising 12 + 3"):
+        assert sum(made in log for log in logs.values()) == 1, made  # one run made it, the others read it
+    builds = [p for p in extensions.rglob("*.so")]
+    assert len(builds) == 1, builds  # the kernel compiled once, under torch's own lock
