@@ -334,9 +334,9 @@ class DinoTask(SelfSupervisedViT):
             train_x, train_y, _, _ = self._digits()
             self.collate_fn = collate_crops_or_digits
             return MultiCropDigits(train_x, train_y, transform, self.cfg.data.digit_size), val, bank
-        from torchvision.datasets import ImageFolder
+        from .data.image_folder import image_folder
 
-        return ImageFolder(str(Path(self.cfg.data.root) / "train"), transform), val, bank
+        return image_folder(Path(self.cfg.data.root) / "train", transform), val, bank
 
     # ------------------------------------------------------------ the teacher follows the student
 

@@ -443,11 +443,10 @@ class DiTTask(Task):
             for chunk in digits.split(batch):
                 yield self.metric_input(chunk)
         else:
-            from torchvision.datasets import ImageFolder
-
+            from .data.image_folder import image_folder
             from .data.latents import uint8_transform
 
-            images = ImageFolder(str(Path(self.cfg.data.root) / "val"), uint8_transform(self.cfg.data.image_size))
+            images = image_folder(Path(self.cfg.data.root) / "val", uint8_transform(self.cfg.data.image_size))
             subset = torch.utils.data.Subset(images, range(state.process_index, len(images), state.num_processes))
             for x, _ in torch.utils.data.DataLoader(subset, batch_size=batch, num_workers=self.cfg.data.num_workers):
                 yield x  # uint8 RGB, centre-cropped as ADM's reference batches were

@@ -178,7 +178,7 @@ class MaskedAutoencoderTask(SelfSupervisedViT):
             return (DigitImages(train_x, train_y, augment=self.cfg.augment.digits, pad_to=self.cfg.data.digit_size),
                     val, bank)
         from torchvision import transforms
-        from torchvision.datasets import ImageFolder
+        from .data.image_folder import image_folder
 
         # main_pretrain.py's transform_train
         transform = transforms.Compose([
@@ -187,7 +187,7 @@ class MaskedAutoencoderTask(SelfSupervisedViT):
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        return ImageFolder(str(Path(self.cfg.data.root) / "train"), transform), val, bank
+        return image_folder(Path(self.cfg.data.root) / "train", transform), val, bank
 
     def pretrain_loss(self, model, batch):
         loss, _, _ = model(batch[0])

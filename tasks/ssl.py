@@ -27,7 +27,7 @@ from torch import nn
 from dyt.train.config import ConfigError
 from dyt.train.task import Headline
 
-from .data.image_folder import check_image_folder
+from .data.image_folder import check_image_folder, image_folder
 from .image_classification import ImageClassification
 
 STAGES = ("pretrain", "finetune")
@@ -227,12 +227,10 @@ class SelfSupervisedViT(ImageClassification):
             bank, val = DigitImages(train_x, train_y, pad_to=size), DigitImages(val_x, val_y, pad_to=size)
         else:
             from timm.data import create_transform
-            from torchvision.datasets import ImageFolder
-
             root = Path(self.cfg.data.root)
             transform = create_transform(self.image_size, is_training=False, interpolation="bicubic",
                                          crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-            bank, val = ImageFolder(str(root / "train"), transform), ImageFolder(str(root / "val"), transform)
+            bank, val = image_folder(root / "train", transform), image_folder(root / "val", transform)
         if knn.bank_size and knn.bank_size < len(bank):  # a fixed random subset: the same at every evaluation
             chosen = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:knn.bank_size]
             bank = Subset(bank, chosen.sort().values.tolist())

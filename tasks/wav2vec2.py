@@ -247,6 +247,9 @@ class Wav2Vec2Pretraining(Task):
                       else f"{seconds:.1f} s")
             found[split] = f"{len(data)} utterances, {length}"
         found["sample_rate"] = speech.SAMPLE_RATE
+        unreadable = {path for data in self.speech.values() for path, _ in getattr(data, "unreadable", ())}
+        if unreadable:  # skipped by the manifest (speech.AudioFiles), named in a warning
+            found["unreadable_files"] = len(unreadable)
         if d.root and d.val == HELD_OUT:
             found["split"] = (f"{d.held_out_fraction:.0%} of the training files held out (seed {d.held_out_seed}, "
                               "fairseq's manifest rule)")

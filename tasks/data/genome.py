@@ -15,7 +15,9 @@ validation window; pretraining uses the same split, so the validation blocks are
 from __future__ import annotations
 
 import gzip
+import logging
 import math
+from contextlib import nullcontext
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,6 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dyt.train.config import ConfigError
+
+from .cache import cache_lock
+
+log = logging.getLogger(__name__)
+# Letters: upper and lower case are the same base (lower case is soft-masking of repeats, as in hg38; pyfaidx
+# upper-cases it here, and `encode` maps both cases). The IUPAC ambiguity codes (N, R, Y, …) and RNA's U are read as N: counted in
+# the run's data line (`other_than_ACGT`), never scored as targets. Any other character (a digit, '-', '*', a
+# protein letter: no nucleotide code) is read as N too, and `Genome.other_letters` warns with the first one.
 VOCAB = "ACGTN"  # token ids 0-4; lower case and every other letter map to N
 NUCLEOTIDES = 4  # the language-model heads score A, C, G, T (ids 0-3); positions whose target is N are not scored
 MASK, PAD = 5, 6
@@ -32,6 +43,10 @@ COMPLEMENT = torch.tensor([3, 2, 1, 0, 4, MASK, PAD, 7])  # A↔T, C↔G; N, MAS
 _CODES = np.full(256, VOCAB.index("N"), dtype=np.uint8)
 for _i, _c in enumerate(VOCAB):
     _CODES[ord(_c)] = _CODES[ord(_c.lower())] = _i
+
+IUPAC = "ACGTURYSWKMBDHVN"  # the nucleotide codes (NC-IUB 1984)
+_NOT_IUPAC = np.ones(256, dtype=bool)
+_NOT_IUPAC[[ord(c) for c in IUPAC + IUPAC.lower()]] = False
 
 EMBEDDED_FASTA = "GCF_001457455.1_NCTC11397_genomic.fna.gz"
 Region = tuple[str, int, int]  # contig, start, end (0-based, end exclusive)
@@ -66,10 +81,25 @@ class Genome:
         return window if isinstance(window, np.ndarray) else encode(str(window))
 
     def other_letters(self, chunk: int = 1 << 24) -> int:
-        """Positions that are not A, C, G or T (N, IUPAC codes), over every contig: read a chunk at a time."""
-        other = VOCAB.index("N")
-        return sum(int((self.fetch(name, start, start + chunk) == other).sum())
-                   for name, length in self.lengths.items() for start in range(0, length, chunk))
+        """Positions that are not A, C, G or T (either case), over every contig, read a chunk at a time; a warning
+        names the first character that is no nucleotide code at all (IUPAC), with their count."""
+        n, other, strange, first = VOCAB.index("N"), 0, 0, None
+        for name, length in self.lengths.items():
+            for start in range(0, length, chunk):
+                window = self.contigs[name][start:start + chunk]
+                if isinstance(window, np.ndarray):  # already tokens
+                    other += int((window == n).sum())
+                    continue
+                raw = np.frombuffer(str(window).encode("ascii", "replace"), dtype=np.uint8)
+                other += int((_CODES[raw] == n).sum())
+                odd = np.flatnonzero(_NOT_IUPAC[raw])
+                strange += len(odd)
+                if len(odd) and first is None:
+                    first = f"{chr(raw[odd[0]])!r} at {name}:{start + int(odd[0]) + 1}"
+        if strange:
+            log.warning("%d positions hold a character that is no nucleotide code (IUPAC), read as N; the first: %s",
+                        strange, first)
+        return other
 
 
 @lru_cache(maxsize=1)
@@ -88,9 +118,16 @@ def embedded_genome() -> Genome:
 
 def fasta_genome(path: str | Path, contigs=None) -> Genome:
     """A local FASTA (plain or bgzip) through pyfaidx; `contigs` keeps only the named ones (e.g. [chr1])."""
-    from pyfaidx import Fasta
+    from pyfaidx import Fasta, FastaIndexingError
 
-    fasta = Fasta(str(path), as_raw=True, sequence_always_upper=True)
+    index = Path(f"{path}.fai")
+    # runs started together: one writes pyfaidx's index beside the FASTA (no lock file once it is there: the
+    # FASTA's folder may be read-only)
+    try:
+        with nullcontext() if index.exists() else cache_lock(index):
+            fasta = Fasta(str(path), as_raw=True, sequence_always_upper=True)
+    except FastaIndexingError as err:  # a malformed FASTA; pyfaidx's message names the line
+        raise ConfigError(f"task.data.fasta_path={path} is not a FASTA pyfaidx can index: {err}") from None
     names = list(contigs) if contigs else list(fasta.keys())
     missing = [n for n in names if n not in fasta]
     if missing:

@@ -1,6 +1,14 @@
 """A user's ImageFolder tree (`task.data.root` with train/<class>/<image> and val/<class>/<image>) read as it is:
 its classes from the folders, its image size from its first image, and one-line errors, before any work, where
-the tree and the config disagree."""
+the tree and the config disagree.
+
+A broken image (truncated, garbage, not an image at all) is found when it is read: the run stops with one line
+naming the file (`UnreadableImage`, a `ConfigError`), from a DataLoader worker too. Why not skip and count it: a
+sample dropped inside a worker cannot be counted for the run (each worker has its own copy of the dataset) and
+would silently change the epoch's data; and why not check every file up front: only a full decode finds a truncated
+file (a header check, `Image.verify()` included, passes most of them), which is ~1 h of CPU for ImageNet's 1.28 M
+images before the first step. A run stopped this way resumes from its last checkpoint once the file is removed or
+replaced."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -8,7 +16,33 @@ from pathlib import Path
 
 from dyt.train.config import ConfigError
 
+from .errors import UnreadableFile
+
 SPLITS = ("train", "val")
+
+
+class UnreadableImage(UnreadableFile):
+    """An image of the folder that PIL cannot read (one line, from a DataLoader worker too)."""
+
+
+def read_image(path: str):
+    """torchvision's default ImageFolder loader (PIL, converted to RGB), with a one-line error naming the file when
+    the image is broken."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken files
+        raise UnreadableImage(f"{path} is not a readable image ({type(err).__name__}: {err}); remove or replace it "
+                              f"and run again (a run with a checkpoint resumes from it)") from None
+
+
+def image_folder(folder, transform):
+    """torchvision's ImageFolder of `folder` whose broken images stop the run with one line (`read_image`)."""
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(str(folder), transform, loader=read_image)
 
 
 @lru_cache(maxsize=8)
@@ -63,8 +97,12 @@ def first_image_size(root: str) -> tuple[int, int]:
     for name in folder_classes(root):
         for path in sorted((train / name).rglob("*")):
             if path.suffix.lower() in IMG_EXTENSIONS:
-                with Image.open(path) as image:
-                    return image.size
+                try:
+                    with Image.open(path) as image:
+                        return image.size
+                except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+                    raise UnreadableImage(f"{path} is not a readable image ({type(err).__name__}: {err}); remove or "
+                                          f"replace it and run again") from None
     raise ConfigError(f"task.data.root={root}: train/ holds no image ({', '.join(IMG_EXTENSIONS)})")
 
 
@@ -92,18 +130,17 @@ def folder_splits(root, train_transform, val_transform, val_fraction: float):
     each class of train/ validates (the embedded digits' split, `split_indices`), with the validation transform,
     and trains on the rest: disjoint, the same on every run and machine."""
     from torch.utils.data import Subset
-    from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if has_val(root):
-        return ImageFolder(str(root / "train"), train_transform), ImageFolder(str(root / "val"), val_transform)
+        return image_folder(root / "train", train_transform), image_folder(root / "val", val_transform)
     import torch
 
     from .mnist import split_indices
 
-    train = ImageFolder(str(root / "train"), train_transform)
+    train = image_folder(root / "train", train_transform)
     train_idx, val_idx = split_indices(torch.tensor(train.targets), val_fraction)
-    val = Subset(ImageFolder(str(root / "train"), val_transform), val_idx.tolist())
+    val = Subset(image_folder(root / "train", val_transform), val_idx.tolist())
     return Subset(train, train_idx.tolist()), val
 
 

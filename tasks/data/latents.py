@@ -113,9 +113,9 @@ def cached_latents(root: Path, split: str, vae_path: str, image_size: int, cache
 
 
 def _encode(root, split, vae_path, image_size, folder, state, max_images, batch_size, num_workers) -> None:
-    from torchvision.datasets import ImageFolder
+    from .image_folder import image_folder
 
-    images = ImageFolder(str(Path(root) / split), image_transform(image_size))
+    images = image_folder(Path(root) / split, image_transform(image_size))
     rows = np.arange(len(images))
     if max_images and max_images < len(rows):  # evenly spaced, so every class keeps its share
         rows = np.linspace(0, len(rows) - 1, max_images).round().astype(int)

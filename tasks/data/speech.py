@@ -8,6 +8,10 @@ eSpeak NG (GPL-3.0, from the espeakng-loader wheel) with several voices, rates a
 Real data: LibriSpeech in its standard layout (<root>/<subset>/<speaker>/<chapter>/*.flac), or any folder
 of audio files per split (a `datasets` AudioFolder tree: <root>/train/…, <root>/validation/…); validation on
 folders of their own, or on ~1% of the training utterances held out as fairseq's wav2vec_manifest.py does.
+An audio file that soundfile cannot open (garbage, a truncated header, a format libsndfile lacks) is skipped when
+the folder's manifest is made, counted (`unreadable` in the run's data line) and the first one named in a warning:
+one bad file in a 1,000-hour corpus should not stop a pretraining run, and the manifest is the one place every file
+is opened before training.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset
+
+from .cache import cache_lock
+from .errors import UnreadableFile
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
@@ -142,19 +149,24 @@ def synthetic_speech(cache_dir: str | Path, train_sentences: int, val_sentences:
                 "voices": VOICES, "rates": RATES, "pitches": PITCHES}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(cache_dir).expanduser() / "speech" / f"espeak-{train_sentences}+{val_sentences}-s{seed}-{key}.npz"
-    if not path.exists():
-        sentences = list(wikipedia_sentences())
-        if train_sentences + val_sentences > len(sentences):
-            raise ValueError(f"the text source has {len(sentences)} sentences, fewer than "
-                             f"{train_sentences} + {val_sentences} asked for")
-        rng = np.random.default_rng(seed)
-        chosen = [sentences[i] for i in rng.permutation(len(sentences))[:train_sentences + val_sentences]]
-        log.info("synthesising %d + %d utterances with eSpeak NG (first use of these settings; cached in %s)",
-                 train_sentences, val_sentences, path)
-        _save(path, {"val": _synthesise(chosen[:val_sentences], rng, "validation speech"),
-                     "train": _synthesise(chosen[val_sentences:], rng, "training speech")})
+    with cache_lock(path):  # runs started together on a cold cache: one synthesises, the others wait and read
+        if not path.exists():
+            _synthesise_into(path, train_sentences, val_sentences, seed)
     sets = _load(path, ("train", "val"))
     return sets["train"], sets["val"]
+
+
+def _synthesise_into(path: Path, train_sentences: int, val_sentences: int, seed: int) -> None:
+    sentences = list(wikipedia_sentences())
+    if train_sentences + val_sentences > len(sentences):
+        raise ValueError(f"the text source has {len(sentences)} sentences, fewer than "
+                         f"{train_sentences} + {val_sentences} asked for")
+    rng = np.random.default_rng(seed)
+    chosen = [sentences[i] for i in rng.permutation(len(sentences))[:train_sentences + val_sentences]]
+    log.info("synthesising %d + %d utterances with eSpeak NG (first use of these settings; cached in %s)",
+             train_sentences, val_sentences, path)
+    _save(path, {"val": _synthesise(chosen[:val_sentences], rng, "validation speech"),
+                 "train": _synthesise(chosen[val_sentences:], rng, "training speech")})
 
 
 # ---------------------------------------------------------------- audio folders
@@ -165,38 +177,58 @@ class AudioFiles:
     16 kHz. `from_folders` lists folders through manifests cached under `cache_dir`, as fairseq's wav2vec
     manifests hold the lengths."""
 
-    def __init__(self, paths: list[str], lengths: list[int]):
+    def __init__(self, paths: list[str], lengths: list[int], unreadable: list[tuple[str, str]] = ()):
         self.paths, self.lengths = list(paths), list(lengths)
+        self.unreadable = list(unreadable)  # (path, soundfile's reason) of the files skipped by the manifest
 
     @classmethod
     def from_folders(cls, folders: list[Path], cache_dir: str | Path) -> "AudioFiles":
-        paths, lengths = [], []
+        paths, lengths, unreadable = [], [], []
         for folder in folders:
-            more_paths, more_lengths = cls._manifest(Path(folder), Path(cache_dir).expanduser() / "manifests")
-            paths += more_paths
-            lengths += more_lengths
-        return cls(paths, lengths)
+            more = cls._manifest(Path(folder), Path(cache_dir).expanduser() / "manifests")
+            paths += more[0]
+            lengths += more[1]
+            unreadable += more[2]
+        return cls(paths, lengths, unreadable)
 
-    @staticmethod
-    def _manifest(folder: Path, cache: Path) -> tuple[list[str], list[int]]:
+    UNREADABLE = "#unreadable"  # a manifest row of a skipped file: #unreadable <tab> path <tab> reason
+
+    @classmethod
+    def _manifest(cls, folder: Path, cache: Path) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+        """(paths, lengths at 16 kHz, unreadable (path, reason)) of the audio under `folder`, from its manifest,
+        made at first use: each file's header read by soundfile, a file it cannot open skipped and kept in the
+        manifest as unreadable (so every later run reports it too)."""
         import soundfile
 
         folder = folder.resolve()
         path = cache / f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}.tsv"
-        if path.exists():
-            rows = [line.split("\t") for line in path.read_text().splitlines()]
-            return [str(folder / p) for p, _ in rows], [int(n) for _, n in rows]
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-        infos = [soundfile.info(str(p)) for p in files]
-        lengths = [info.frames * SAMPLE_RATE // info.samplerate for info in infos]
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(f"{p.relative_to(folder)}\t{n}\n" for p, n in zip(files, lengths)))
-        tmp.replace(path)
-        return [str(p) for p in files], lengths
+        with cache_lock(path):  # runs started together: one reads the headers, the others read its manifest
+            if not path.exists():
+                rows = []
+                for file in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+                    name = file.relative_to(folder)
+                    try:
+                        info = soundfile.info(str(file))
+                    except (soundfile.SoundFileError, RuntimeError) as err:  # LibsndfileError: not audio it can read
+                        rows.append(f"{cls.UNREADABLE}\t{name}\t{' '.join(str(err).split())}\n")
+                        continue
+                    rows.append(f"{name}\t{info.frames * SAMPLE_RATE // info.samplerate}\n")
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text("".join(rows))
+                tmp.replace(path)  # atomic: a killed run never leaves half a manifest
+        paths, lengths, unreadable = [], [], []
+        for row in path.read_text().splitlines():
+            fields = row.split("\t")
+            if fields[0] == cls.UNREADABLE:
+                unreadable.append((str(folder / fields[1]), fields[2]))
+            else:
+                paths.append(str(folder / fields[0]))
+                lengths.append(int(fields[1]))
+        return paths, lengths, unreadable
 
     def select(self, indices) -> "AudioFiles":
-        return AudioFiles([self.paths[i] for i in indices], [self.lengths[i] for i in indices])
+        """The files at `indices`; the unreadable files stay listed (they belong to no split)."""
+        return AudioFiles([self.paths[i] for i in indices], [self.lengths[i] for i in indices], self.unreadable)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -204,7 +236,12 @@ class AudioFiles:
     def __getitem__(self, index: int) -> np.ndarray:
         import soundfile
 
-        audio, rate = soundfile.read(self.paths[index], dtype="int16", always_2d=True)
+        try:
+            audio, rate = soundfile.read(self.paths[index], dtype="int16", always_2d=True)
+        except (soundfile.SoundFileError, RuntimeError) as err:  # its header read, its samples not
+            raise UnreadableFile(f"{self.paths[index]} is not readable audio ({' '.join(str(err).split())}); remove "
+                                 f"or replace it, delete the manifest under task.data.cache_dir/manifests and run "
+                                 f"again") from None
         return resample(audio.mean(axis=1), rate)
 
 
@@ -216,8 +253,15 @@ def audio_folders(root: str | Path, subsets, cache_dir) -> AudioFiles:
         raise FileNotFoundError(f"no folder {', '.join(missing)}: task.data.root must hold the subsets named in "
                                 f"task.data.train and task.data.val (LibriSpeech: train-clean-100 …, dev-clean …)")
     files = AudioFiles.from_folders(folders, cache_dir)
+    if files.unreadable:
+        first, reason = files.unreadable[0]
+        log.warning("%d of the %d audio files under %s are unreadable and skipped (the first: %s: %s)",
+                    len(files.unreadable), len(files) + len(files.unreadable), ", ".join(map(str, folders)), first,
+                    reason)
     if not len(files):
-        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, folders))}")
+        unreadable = f" ({len(files.unreadable)} unreadable, the first {files.unreadable[0][0]})" if files.unreadable else ""
+        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {', '.join(map(str, folders))}"
+                                + unreadable)
     return files
 
 

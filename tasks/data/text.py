@@ -6,6 +6,9 @@ parquet / arrow files (or a folder of them, compressed or not) through `datasets
 tokenizer is trained on the text at first use unless a tokenizer folder is given; text is tokenized once
 into a memory-mapped token file (or, streamed, on the fly) and served as fixed-length windows.
 Everything derived is cached under a folder keyed by what it was made from, so nothing is made twice.
+Files `datasets` cannot read stop the run before training with one line: for json, the file and line that is not a
+JSON object (`unreadable_documents`); a malformed line is an error, not skipped, as every other line of the file
+may be shifted or cut too (a concatenation gone wrong, a file still being written).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
+
+from dyt.train.config import ConfigError
 
 from .cache import cache_lock
 
@@ -89,10 +94,71 @@ def local_documents(path: str | Path, *, streaming: bool, cache_dir: Path):
     one document per paragraph, in the column `text`."""
     from datasets import load_dataset
 
+    from datasets.exceptions import DatasetGenerationError
+
     builder, files = data_files(path)
     options = {"sample_by": "paragraph"} if builder == "text" else {}
-    return load_dataset(builder, data_files=files, split="train", streaming=streaming,
-                        cache_dir=str(cache_dir / "datasets"), **options)
+    try:
+        return load_dataset(builder, data_files=files, split="train", streaming=streaming,
+                            cache_dir=str(cache_dir / "datasets"), **options)
+    except DatasetGenerationError as err:  # a long traceback whose last line names neither file nor line
+        raise unreadable_documents(path, builder, files, err) from None
+
+
+def unreadable_documents(path, builder: str, files: list[str], err: Exception) -> ConfigError:
+    """The one line for files `datasets` could not read: for json, the first file and line that is not a JSON
+    object (found by reading the files again, only on failure); otherwise datasets' own reason."""
+    if builder == "json":
+        bad = first_bad_json_line(files)
+        if bad:
+            file, number, reason = bad
+            return ConfigError(f"task.data.path={path}: {file} line {number} is not a JSON object ({reason}); fix or "
+                               f"remove that line")
+    cause = err.__cause__ or err
+    reason = " ".join(str(cause).split()[:40]) or type(cause).__name__
+    return ConfigError(f"task.data.path={path}: datasets cannot read its {builder} files ({reason})")
+
+
+def first_bad_json_line(files: list[str]) -> tuple[str, int, str] | None:
+    """(file, line number, why) of the first line of JSON Lines `files` (compressed or not) that is not a JSON
+    object; None when every line is one, or when a .json file is one JSON document (not JSON Lines) that parses."""
+    import fsspec
+
+    for file in files:
+        with fsspec.open(file, "rb", compression="infer") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.rstrip(b"\r\n"))  # the line break is no part of the row
+                except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                    why = (f"{err.msg}, column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                           else f"not UTF-8: {err.reason}")
+                else:
+                    if isinstance(row, dict):
+                        continue
+                    why = f"a JSON {type(row).__name__}, not an object"
+                if number == 1 and ".json" in Path(file).suffixes[-2:] and ".jsonl" not in Path(file).suffixes:
+                    document = _json_document_error(file)  # a whole-file JSON document, not JSON Lines
+                    if document is None:
+                        break
+                    return file, *document
+                return file, number, why
+    return None
+
+
+def _json_document_error(file: str) -> tuple[int, str] | None:
+    """(line, why) where a .json file stops being one JSON document; None when it is one."""
+    import fsspec
+
+    with fsspec.open(file, "rb", compression="infer") as handle:
+        try:
+            json.loads(handle.read())
+        except json.JSONDecodeError as err:
+            return err.lineno, f"{err.msg}, column {err.colno}"
+        except ValueError as err:
+            return 1, f"not UTF-8: {err}"
+    return None
 
 
 def local_source_id(path: str | Path, text_field: str) -> str:
@@ -384,7 +450,18 @@ class TextCorpus:
 
     # generators, so nothing is read when the cache already holds what the text would make
     def _batches(self) -> Iterator[list[str]]:
-        yield from text_batches(self.documents, self.text_field)
+        if self.embedded:
+            yield from text_batches(self.documents, self.text_field)
+            return
+        from datasets.exceptions import DatasetGenerationError
+
+        try:
+            yield from text_batches(self.documents, self.text_field)
+        # what the files hold but datasets only finds when it reads the rows (a json file's bytes that are not
+        # UTF-8 load, and fail as text), or when it first reads them at all (streaming)
+        except (ValueError, DatasetGenerationError) as err:
+            builder, files = data_files(self.cfg.path)
+            raise unreadable_documents(self.cfg.path, builder, files, err) from None
 
     def _texts(self, count: int | None = None) -> Iterator[str]:
         yield from islice((text for batch in self._batches() for text in batch), count)
