@@ -270,7 +270,8 @@ def rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # complete lines only: a run still writing may be read in the middle of a row
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -364,6 +365,8 @@ class Matrix:
             return Cell(self.task, fault, True, detail=detail)
         except Lost as lost:
             return Cell(self.task, fault, False, lost.short, lost.detail)
+        except Exception as err:  # noqa: BLE001 — the harness's own failure is a red cell, not the end of the matrix
+            return Cell(self.task, fault, False, "harness error", f"{type(err).__name__}: {err}")
 
     def _resume(self, run_dir: Path, name: str) -> str:
         code, output = run(command(self.task, run_dir), self.log(name), f"the {name} resume")
