@@ -12,14 +12,6 @@ import pytest
 
 from scripts import chaos
 
-# the bug this matrix found, in production code this branch may not change: the cell stays red until it is fixed
-CORRUPT_HEADER_CRASHES = (
-    "dyt/train/checkpoint.py load_latest falls back to the checkpoint before only for (OSError, RuntimeError, "
-    "ValueError, KeyError, EOFError, UnpicklingError); a model.safetensors whose header is garbage (its size "
-    "unchanged, so the COMPLETE marker matches) raises safetensors' SafetensorError, a plain Exception, and the "
-    "resume crashes instead")
-KNOWN = {"corrupt": CORRUPT_HEADER_CRASHES}
-
 _cells: dict[tuple[str, str], chaos.Cell] = {}
 
 
@@ -37,8 +29,7 @@ def cell(work, task: str, fault: str) -> chaos.Cell:
     return _cells[task, fault]
 
 
-@pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=KNOWN[f]))
-                                   if f in KNOWN else f for f in chaos.FAULTS])
+@pytest.mark.parametrize("fault", list(chaos.FAULTS))
 @pytest.mark.parametrize("task", list(chaos.TASKS))
 def test_every_task_survives_every_fault(work, task, fault):
     found = cell(work, task, fault)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -168,7 +169,7 @@ def load_latest(accelerator, root: Path, **parts) -> tuple[Path, dict, dict | No
     for path in reversed(valid_checkpoints(root)):
         try:
             return (path, *load_checkpoint(accelerator, path, **parts))
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
             if "was written with trainer.strategy" in str(err):
                 raise
             log.warning("checkpoint %s could not be loaded (%s: %s); trying the one before it", path,
