@@ -28,8 +28,9 @@ def local_files(tmp_path_factory):
     """What a user points a paper row at: an ImageFolder tree, an SD-geometry VAE (4 channels, ÷8), ADM's
     reference batch (mu, sigma) and an Inception weights file (present; never opened here)."""
     root = tmp_path_factory.mktemp("dit_recipe")
-    for split in ("train", "val"):
-        (root / "imagenet" / split).mkdir(parents=True)
+    for split in ("train", "val"):  # ImageNet's 1,000 class folders, as the rows' num_classes says (checked)
+        for label in range(1000):
+            (root / "imagenet" / split / f"n{label:08d}").mkdir(parents=True)
     _tiny_vae(root / "vae", blocks=4)
     np.savez(root / "VIRTUAL_imagenet256_labeled.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     (root / INCEPTION_FILE).write_bytes(b"")
