@@ -1,12 +1,15 @@
-"""Forward hooks that read what the point-wise norms see: α and the std of each layer's input."""
+"""Forward hooks that read what the point-wise norms see: α and the std of each layer's input; and what a
+LayerNorm or RMSNorm computes before its affine, to compare a replacement with."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .convert import NormInfo, describe_norm
 from .layers import PointwiseNorm
 
 
@@ -60,3 +63,18 @@ def capture_norm_io(model: nn.Module, paths: list[str]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def statistic_norms(model: nn.Module) -> list[tuple[str, NormInfo]]:
+    """The model's LayerNorms and RMSNorms (those that normalise by statistics), with what each computes."""
+    return [(path, info) for path, module in model.named_modules()
+            if isinstance(info := describe_norm(module), NormInfo) and info.kind in ("layernorm", "rmsnorm")]
+
+
+def normalized(x: torch.Tensor, info: NormInfo) -> torch.Tensor:
+    """What a LayerNorm or RMSNorm described by `info` computes before its affine, channels last."""
+    if not info.channels_last:
+        x = x.movedim(1, -1)
+    if info.kind == "layernorm":
+        return F.layer_norm(x, x.shape[-1:], eps=info.eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + info.eps)

@@ -17,14 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dyt.analysis import capture_norm_io  # noqa: E402
-from dyt.convert import NormInfo, describe_norm  # noqa: E402
+from dyt.analysis import capture_norm_io, normalized, statistic_norms  # noqa: E402
 from dyt.train.checkpoint import latest_checkpoint, model_weights  # noqa: E402
 from dyt.train.run import build  # noqa: E402
 
@@ -39,20 +37,11 @@ def trained_model(run_dir: Path):
     return task, model.eval()
 
 
-def normalized(x: torch.Tensor, info: NormInfo) -> torch.Tensor:
-    """The layer's output before its affine, channels last."""
-    if not info.channels_last:
-        x = x.movedim(1, -1)
-    if info.kind == "layernorm":
-        return F.layer_norm(x, x.shape[-1:], eps=info.eps)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + info.eps)
-
 
 @torch.no_grad()
 def capture(run_dir: Path, n_layers: int, batch_size: int):
     task, model = trained_model(run_dir)
-    norms = [(p, info) for p, m in model.named_modules()
-             if isinstance(info := describe_norm(m), NormInfo) and info.kind in ("layernorm", "rmsnorm")]
+    norms = statistic_norms(model)
     if not norms:
         raise SystemExit(f"error: {run_dir} has no LayerNorm or RMSNorm layers (plot a norm=layernorm run)")
     chosen = [norms[int(i)] for i in np.linspace(0, len(norms) - 1, min(n_layers, len(norms)))]

@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dyt.convert import NormInfo, convert, describe_norm  # noqa: E402
+from dyt.analysis import normalized, statistic_norms  # noqa: E402
+from dyt.convert import NormInfo, convert  # noqa: E402
 from dyt.functional import pointwise_norm  # noqa: E402
 from dyt.layers import PointwiseNorm  # noqa: E402
 from dyt.optim import param_groups  # noqa: E402
@@ -101,20 +101,11 @@ def trained_model(source: Path, overrides: list[str]):
 
 
 def norm_layers(model) -> list[tuple[str, NormInfo]]:
-    found = [(p, info) for p, m in model.named_modules()
-             if isinstance(info := describe_norm(m), NormInfo) and info.kind in ("layernorm", "rmsnorm")]
+    found = statistic_norms(model)
     if not found:
         raise SystemExit("error: the model has no LayerNorm or RMSNorm to swap")
     return found
 
-
-def normalized(x: torch.Tensor, info: NormInfo) -> torch.Tensor:
-    """What the old layer computes before its affine, channels last."""
-    if not info.channels_last:
-        x = x.movedim(1, -1)
-    if info.kind == "layernorm":
-        return F.layer_norm(x, x.shape[-1:], eps=info.eps)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + info.eps)
 
 
 @torch.no_grad()

@@ -41,3 +41,20 @@ def summary(run_dir: Path) -> dict:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, size: int = 36, val_classes=None) -> Path:
+    """An ImageFolder tree of random RGB PNGs, train/<class>/ and val/<class>/ (`val_classes` where val/ differs),
+    each class darker than the one before it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, names in (("train", classes), ("val", val_classes or classes)):
+        for label, name in enumerate(names):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (label + 1)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return Path(root)

@@ -8,9 +8,8 @@ import wave
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import run_train, summary
+from tests.helpers import image_folder, run_train, summary
 
 FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.max_eval_batches=1", "trainer.eval_every=2"]
 
@@ -26,24 +25,12 @@ def _one_error_line(result, *needles) -> str:
 # ---------------------------------------------------------------- images
 
 
-def _image_folder(root, per_class: int, size: int = 24):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for label, name in enumerate(("ant", "bee", "wasp")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (label + 1)).save(
-                    folder / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize("break_image", [
     lambda path: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2]),  # truncated
     lambda path: path.write_bytes(b"<html>not found</html>" * 20),  # not an image at all
 ], ids=["truncated", "garbage"])
 def test_a_broken_image_stops_the_run_with_one_line_naming_it_from_a_worker_too(tmp_path, break_image):
-    root = _image_folder(tmp_path / "images", per_class=1)
+    root = image_folder(tmp_path / "images", ("ant", "bee", "wasp"), 1, 24)
     broken = root / "train" / "bee" / "0.png"
     break_image(broken)
     run_dir = tmp_path / "run"
@@ -56,7 +43,7 @@ def test_a_broken_image_stops_the_run_with_one_line_naming_it_from_a_worker_too(
 
 
 def test_an_unreadable_first_image_is_one_line_before_any_work(tmp_path):
-    root = _image_folder(tmp_path / "images", per_class=1)
+    root = image_folder(tmp_path / "images", ("ant", "bee", "wasp"), 1, 24)
     (root / "train" / "ant" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     result = run_train(tmp_path / "run", "task=vit", "task.size=debug", f"task.data.root={root}",
                        "task.data.image_size=auto", *FAST, check=False)

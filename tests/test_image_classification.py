@@ -1,22 +1,9 @@
 """The image classification task: the embedded digits, a real ImageFolder tree, and ConvNeXt's layout."""
 import numpy as np
 import pytest
-from PIL import Image
 
 from tasks.data.mnist import mnist_digits, split_indices
-from tests.helpers import run_train, summary
-
-
-def _image_folder(root, classes=("cat", "dog"), per_class=6, size=36):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (label + 1)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+from tests.helpers import image_folder, run_train, summary
 
 
 def test_embedded_split_is_deterministic_stratified_and_disjoint():
@@ -30,7 +17,7 @@ def test_embedded_split_is_deterministic_stratified_and_disjoint():
 
 
 def test_image_folder_with_the_paper_augmentations_and_ema(tmp_path):
-    root = _image_folder(tmp_path / "images")
+    root = image_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
     run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}",
               "task.data.image_size=28", "task.augment.randaug=rand-m9-mstd0.5-inc1", "task.augment.mixup=0.8",

@@ -57,11 +57,8 @@ def test_forward_equals_formula(cls, channels_last, variant):
     assert layer.alpha.requires_grad == learn_alpha
 
 
-@pytest.mark.parametrize("cls", list(SQUASH))
-@pytest.mark.parametrize("channels_last", LAYOUTS)
-def test_gradients_pass_gradcheck(cls, channels_last):
-    torch.manual_seed(1)
-    layer = cls(6, 0.6, channels_last, dtype=torch.float64)
+def _gradcheck(layer, channels_last) -> None:
+    """torch's gradcheck of the layer's output against its input and every parameter (randomised, float64)."""
     _randomise(layer)
     names = [name for name, _ in layer.named_parameters()]
     x = _input(channels_last, torch.float64).requires_grad_()
@@ -71,6 +68,14 @@ def test_gradients_pass_gradcheck(cls, channels_last):
         return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
 
     assert torch.autograd.gradcheck(through_layer, (x, *params))
+
+
+@pytest.mark.parametrize("cls", list(SQUASH))
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+def test_gradients_pass_gradcheck(cls, channels_last):
+    torch.manual_seed(1)
+    layer = cls(6, 0.6, channels_last, dtype=torch.float64)
+    _gradcheck(layer, channels_last)
 
 
 def test_layer_gradients_reach_every_parameter():
@@ -138,15 +143,7 @@ def test_dyisru_gradients_pass_gradcheck(channels_last):
 
     torch.manual_seed(3)
     layer = PointwiseNorm(6, 0.6, channels_last, fn="isru", dtype=torch.float64)
-    _randomise(layer)
-    names = [name for name, _ in layer.named_parameters()]
-    x = _input(channels_last, torch.float64).requires_grad_()
-    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
-
-    def through_layer(x, *params):
-        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
-
-    assert torch.autograd.gradcheck(through_layer, (x, *params))
+    _gradcheck(layer, channels_last)
 
 
 def test_a_new_pointwise_function_is_one_function_and_one_config(tmp_path):

@@ -9,10 +9,10 @@ import wave
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import run_train, summary
+from tests.helpers import image_folder, run_train, summary
 
+BUGS = ("ant", "bee", "wasp")  # three classes of 24×24 images: neither ImageNet's nor the digits'
 FAST = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.max_eval_batches=1", "trainer.eval_every=2"]
 
 
@@ -22,20 +22,8 @@ def _described(run_dir) -> dict:
     return summary(run_dir)["data"]
 
 
-def _image_folder(root, classes=("ant", "bee", "wasp"), per_class=4, size=24, val_classes=None):
-    rng = np.random.default_rng(0)
-    for split, names in (("train", classes), ("val", val_classes or classes)):
-        for label, name in enumerate(names):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (label + 1)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
 def test_an_image_folder_gives_its_classes_and_size(tmp_path):
-    root = _image_folder(tmp_path / "images")
+    root = image_folder(tmp_path / "images", BUGS, 4, 24)
     run_dir = tmp_path / "run"
     run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}", *FAST)
     data = _described(run_dir)
@@ -56,7 +44,7 @@ def test_an_image_folder_gives_its_classes_and_size(tmp_path):
 
 
 def test_an_image_folder_without_val_is_split_by_class_and_says_so(tmp_path):
-    root = _image_folder(tmp_path / "images", per_class=10)
+    root = image_folder(tmp_path / "images", BUGS, 10, 24)
     shutil.rmtree(root / "val")
     run_dir = tmp_path / "run"
     run_train(run_dir, "task=vit", "task.size=debug", f"task.data.root={root}", "task.data.image_size=auto", *FAST)
@@ -72,11 +60,11 @@ def test_an_image_folder_without_val_is_split_by_class_and_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("make, args, needle", [
-    (lambda root: _image_folder(root), ["task.data.num_classes=5"],
+    (lambda root: image_folder(root, BUGS, 4, 24), ["task.data.num_classes=5"],
      "task.data.num_classes=5 contradicts task.data.root="),
-    (lambda root: _image_folder(root, val_classes=("ant", "bee", "moth")), [],
+    (lambda root: image_folder(root, BUGS, 4, 24, val_classes=("ant", "bee", "moth")), [],
      "train/ has 3 class folders and val/ 3, not the same ('moth' only in val/)"),
-    (lambda root: _image_folder(root), ["task.data.image_size=big"], "task.data.image_size=big must be a number"),
+    (lambda root: image_folder(root, BUGS, 4, 24), ["task.data.image_size=big"], "task.data.image_size=big must be a number"),
 ])
 def test_a_folder_that_contradicts_the_config_is_one_line_before_any_work(tmp_path, make, args, needle):
     root = make(tmp_path / "images")
