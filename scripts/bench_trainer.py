@@ -7,12 +7,13 @@
                  end (`off`), and at the task's default cadence (`default`, their cost spread over the steps),
 
 printed as ratios to (a) and written to results/trainer/. Measured side by side: every round runs each variant
-once, each keeps its fastest round. The trainer's step time is the difference of two runs, of k and 2k steps,
-so its start-up and final evaluation cancel; at the default cadence one extra evaluation and checkpoint are
-timed the same way and spread over the task's `eval_every` and `ckpt_every`.
+once, each keeps its fastest round. (a) and (b) time k steps (the task's `log_every` unless --steps says);
+the trainer is timed by its own clock inside one run: the metrics rows' timestamps over its second log
+window (k steps, warmed up, one log line in them) and the evaluation and checkpoint seconds its summary.json
+counts, spread over the task's `eval_every` and `ckpt_every` for the default cadence.
 
     python scripts/bench_trainer.py                              # every task, this machine's threads
-    python scripts/bench_trainer.py --tasks vit llama --threads 1 --steps 20 --rounds 3
+    python scripts/bench_trainer.py --tasks vit llama --threads 1 --rounds 3
 """
 from __future__ import annotations
 
@@ -89,22 +90,31 @@ class Loop:
         return (time.perf_counter() - start) / steps
 
 
-def trainer_seconds(task: str, steps: int, overrides: list[str], *cadence: str) -> float:
-    """fit()'s wall time of a fresh run of `steps` steps; evaluation and checkpoints only at the end unless
-    `cadence` says otherwise (e.g. trainer.eval_every=k)."""
+def trainer_run(task: str, every: int, overrides: list[str]) -> dict:
+    """One run of 3 × `every` steps through `dyt.train.run.train`, logging every `every` steps (the task's own
+    log cadence) with one evaluation and checkpoint at step 2 × `every` and the final ones at the end. Its own
+    clock gives: the step time over steps every+1 … 2 × every (warmed up, one log line, no evaluation or
+    checkpoint: the metrics rows' timestamps) and the mean evaluation and checkpoint (summary.json)."""
+    from dyt.train.results import read_metrics
     from dyt.train.run import train
 
     with tempfile.TemporaryDirectory() as folder:
-        cfg = compose(task, f"trainer.max_steps={steps}", "trainer.eval_every=1000000000",
-                      "trainer.ckpt_every=1000000000", *overrides, *cadence, run_dir=folder)
+        cfg = compose(task, f"trainer.max_steps={3 * every}", f"trainer.log_every={every}",
+                      f"trainer.eval_every={2 * every}", f"trainer.ckpt_every={2 * every}", *overrides,
+                      run_dir=folder)
         summary = train(cfg)
+        rows = read_metrics(Path(folder))
     if summary["status"] != "completed":
         raise RuntimeError(f"{task}: the trainer's run ended {summary['status']}: {summary.get('error')}")
-    return summary["wall_seconds"]
+    logged = {r["step"]: r["time"] for r in rows if "train/loss" in r}
+    return {"step": (logged[2 * every] - logged[every]) / every,
+            "eval": summary["eval_seconds"] / 2, "ckpt": summary["checkpoint_seconds"] / 2}
 
 
-def bench_task(task: str, steps: int, rounds: int, overrides: list[str]) -> dict:
+def bench_task(task: str, steps: int | None, rounds: int, overrides: list[str]) -> dict:
     cfg = compose(task, *overrides)
+    tcfg = cfg.trainer
+    steps = steps or tcfg.log_every
     loop = Loop(cfg)
     premade = [next(loop.batches) for _ in range(steps)]
     loop.bare(premade[:2])  # warm-up: first calls build kernels and caches
@@ -112,17 +122,14 @@ def bench_task(task: str, steps: int, rounds: int, overrides: list[str]) -> dict
     for _ in range(rounds):
         best["bare"] = min(best["bare"], loop.bare(premade))
         best["data"] = min(best["data"], loop.with_data(steps))
-        short, long = trainer_seconds(task, steps, overrides), trainer_seconds(task, 2 * steps, overrides)
-        best["trainer_off"] = min(best["trainer_off"], (long - short) / steps)
-        # one more evaluation (checkpoint) at step k of the long run, everything else alike
-        for part in ("eval", "ckpt"):
-            extra = trainer_seconds(task, 2 * steps, overrides, f"trainer.{part}_every={steps}") - long
-            best[part] = min(best[part], max(0.0, extra))
-    tcfg = cfg.trainer
+        run = trainer_run(task, tcfg.log_every, overrides)
+        best["trainer_off"] = min(best["trainer_off"], run["step"])
+        best["eval"], best["ckpt"] = min(best["eval"], run["eval"]), min(best["ckpt"], run["ckpt"])
     # evaluation and checkpoints at the default cadence, each one's cost spread over the steps between them
     spread = best["eval"] / tcfg.eval_every + best["ckpt"] / tcfg.ckpt_every
     result = {"task": task, "steps": steps, "rounds": rounds, "batch_size": tcfg.batch_size,
-              "num_workers": tcfg.num_workers, "eval_every": tcfg.eval_every, "ckpt_every": tcfg.ckpt_every,
+              "num_workers": tcfg.num_workers, "log_every": tcfg.log_every, "eval_every": tcfg.eval_every,
+              "ckpt_every": tcfg.ckpt_every,
               "seconds": {"bare": best["bare"], "data": best["data"], "trainer_off": best["trainer_off"],
                           "trainer_default": best["trainer_off"] + spread},
               "eval_seconds": best["eval"], "ckpt_seconds": best["ckpt"]}
@@ -147,7 +154,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per measurement (k)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per measurement of (a) and (b) (default: the task's log_every)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "trainer")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every task (e.g. task.size=debug)")

@@ -177,13 +177,11 @@ class PILGaussianBlur:
 
 class MultiCropTransform:
     """main_dino.py DataAugmentationDINO: two global crops (the first always blurred, the second rarely blurred
-    and sometimes solarised) and `local_crops` small ones, each flipped and colour-jittered."""
+    and sometimes solarised) and `local_crops` small ones, each flipped and colour-jittered. (The embedded
+    digits: tasks.data.multicrop_digits, the same recipe a batch at a time.)"""
 
-    def __init__(self, cfg, *, digits: bool):
+    def __init__(self, cfg):
         self.local_crops = cfg.local_crops_number
-        if digits:
-            self.global1, self.global2, self.local = self._digits(cfg)
-            return
         from torchvision import transforms as T
 
         bicubic = T.InterpolationMode.BICUBIC
@@ -200,58 +198,8 @@ class MultiCropTransform:
             T.RandomResizedCrop(cfg.local_crop_size, scale=tuple(cfg.local_crops_scale), interpolation=bicubic),
             flip_and_jitter, PILGaussianBlur(0.5), normalize])
 
-    @staticmethod
-    def _digits(cfg):
-        """The same recipe on one-channel uint8 digits: brightness and contrast jitter only (no saturation, hue
-        or grayscale on one channel), no flip (a mirrored digit is no digit), blur radii scaled to the image
-        size (DINO's are in pixels of 224-pixel crops), then the digits' normalisation."""
-        from torchvision.transforms import v2
-
-        from .data.mnist import MEAN, STD
-
-        scale = cfg.global_crop_size / 224
-        jitter = v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8)
-        finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD])])
-
-        def blur(p):
-            return v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1 * scale, 2.0 * scale))], p=p)
-
-        def crop(size, crop_scale):
-            return v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC,
-                                        antialias=True)
-
-        global_crop = crop(cfg.global_crop_size, cfg.global_crops_scale)
-        return (v2.Compose([global_crop, jitter, blur(1.0), finish]),
-                v2.Compose([global_crop, jitter, blur(0.1), v2.RandomSolarize(128, p=0.2), finish]),
-                v2.Compose([crop(cfg.local_crop_size, cfg.local_crops_scale), jitter, blur(0.5), finish]))
-
     def __call__(self, image) -> list[torch.Tensor]:
         return [self.global1(image), self.global2(image)] + [self.local(image) for _ in range(self.local_crops)]
-
-
-class MultiCropDigits(torch.utils.data.Dataset):
-    """(crops, label) of uint8 digits [N, 28, 28] padded to `pad_to`."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: MultiCropTransform, pad_to: int):
-        self.images, self.labels, self.transform = images, labels, transform
-        self.pad = (pad_to - images.shape[-1]) // 2
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = F.pad(self.images[index][None], (self.pad,) * 4) if self.pad else self.images[index][None]
-        return self.transform(image), self.labels[index]
-
-
-def collate_crops_or_digits(items: list):
-    """The embedded digits' batches: multi-crop training samples ([crops], label) by torch's default collation,
-    the unaugmented evaluation digits (uint8 image, label, no affine) by `collate_digits`."""
-    from torch.utils.data import default_collate
-
-    from .data.mnist import collate_digits
-
-    return default_collate(items) if isinstance(items[0][0], list) else collate_digits(items)
 
 
 # ---------------------------------------------------------------- task
@@ -329,14 +277,16 @@ class DinoTask(SelfSupervisedViT):
 
     def pretrain_data(self):
         val, bank = self._eval_sets()
-        transform = MultiCropTransform(self.cfg.dino, digits=self.embedded)
-        if self.embedded:
+        if self.embedded:  # a batch at a time (the per-sample pipeline cost a third of a step)
+            from .data.multicrop_digits import DigitCropRecipe, MultiCropCollate, MultiCropDigits
+
             train_x, train_y, _, _ = self._digits()
-            self.collate_fn = collate_crops_or_digits
-            return MultiCropDigits(train_x, train_y, transform, self.cfg.data.digit_size), val, bank
+            recipe = DigitCropRecipe(self.cfg.dino)
+            self.collate_fn = MultiCropCollate(recipe)
+            return MultiCropDigits(train_x, train_y, recipe, self.cfg.data.digit_size), val, bank
         from .data.image_folder import image_folder
 
-        return image_folder(Path(self.cfg.data.root) / "train", transform), val, bank
+        return image_folder(Path(self.cfg.data.root) / "train", MultiCropTransform(self.cfg.dino)), val, bank
 
     # ------------------------------------------------------------ the teacher follows the student
 

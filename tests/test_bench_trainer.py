@@ -14,10 +14,13 @@ from scripts.bench_trainer import main
     ("dino", ["task.dino.local_crop_size=14", "task.dino.local_crops_number=2", "task.knn.bank_size=64"]),
 ])
 def test_bench_trainer_measures_the_three_loops_and_writes_its_table(tmp_path, task, tiny):
-    main(["--tasks", task, "--steps", "2", "--rounds", "1", "--out", str(tmp_path), "task.size=debug",
+    main(["--tasks", task, "--rounds", "1", "--out", str(tmp_path), "task.size=debug", "trainer.log_every=2",
           "trainer.batch_size=4", "trainer.max_eval_batches=1", *tiny])
     (result,) = json.loads(next(tmp_path.glob("trainer_*threads.json")).read_text())
     assert result["task"] == task and set(result["seconds"]) == {"bare", "data", "trainer_off", "trainer_default"}
-    # the trainer's step is a difference of two runs' times: at 2 steps it may come out at or below 0
-    assert result["seconds"]["bare"] > 0 and result["seconds"]["data"] > 0 and result["ratios"]["bare"] == 1.0
+    assert result["steps"] == 2  # (a) and (b) time the task's log_every steps
+    assert all(seconds > 0 for seconds in result["seconds"].values()) and result["ratios"]["bare"] == 1.0
+    # the trainer's own clock: an evaluation and a checkpoint were timed, and the default cadence adds their share
+    assert result["eval_seconds"] > 0 and result["ckpt_seconds"] > 0
+    assert result["seconds"]["trainer_default"] > result["seconds"]["trainer_off"]
     assert f"| {task} |" in next(tmp_path.glob("trainer_*threads.md")).read_text()

@@ -147,6 +147,8 @@ class Trainer:
         self.best_ema: dict[str, float] = {}  # … with the best headline value of the EMA weights
         self.last_eval: dict[str, float] = {}
         self.train_seconds = 0.0
+        # where the rest of the wall time goes: evaluations (with their logging) and checkpoint writes
+        self.eval_seconds, self.checkpoint_seconds = 0.0, 0.0
         self.failed_checkpoints = 0
         # bookkeeping over every segment of a run (each start of the same command): seconds of wall time before
         # this segment, what each earlier segment took, and samples / tokens seen (an x-axis that compares runs
@@ -176,6 +178,7 @@ class Trainer:
         now = time.time()
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
                 "best_ema": self.best_ema, "last_eval": self.last_eval, "train_seconds": self.train_seconds,
+                "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
                 "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "saved_at": now,
                 "wall_seconds": self.wall_before + now - self.started, "segments": self.segments,
                 "segment": {"started": self.started, "from_step": self.start_step,
@@ -185,6 +188,8 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.best_ema, self.last_eval = state["best"], state.get("best_ema", {}), state["last_eval"]
         self.train_seconds = state["train_seconds"]
+        self.eval_seconds = state.get("eval_seconds", 0.0)
+        self.checkpoint_seconds = state.get("checkpoint_seconds", 0.0)
         self.samples_seen, self.tokens_seen = state.get("samples_seen", 0), state.get("tokens_seen", 0)
         self.start_step, self._train_before = self.step, self.train_seconds
         if "segment" not in state:  # a checkpoint from before segments were counted
@@ -304,9 +309,13 @@ class Trainer:
                 self._log_train(window, lr, stds, bar)
                 window = _Window()
             if eval_now:
+                tick = time.time()
                 self._evaluate(bar)
+                self.eval_seconds += time.time() - tick
             if ckpt_now:
+                tick = time.time()
                 self._checkpoint()
+                self.checkpoint_seconds += time.time() - tick
             if bar is not None:
                 bar.update(1)
             if preemption.signum:
@@ -517,7 +526,8 @@ class Trainer:
         summary = {
             **self.run_info, "status": status, "error": error, "steps": self.step,
             "max_steps": self.tcfg.max_steps, "wall_seconds": round(self.wall_before + segment["wall_seconds"], 2),
-            "train_seconds": round(self.train_seconds, 2), "failed_checkpoints": self.failed_checkpoints,
+            "train_seconds": round(self.train_seconds, 2), "eval_seconds": round(self.eval_seconds, 3),
+            "checkpoint_seconds": round(self.checkpoint_seconds, 3), "failed_checkpoints": self.failed_checkpoints,
             "segments": segments, **self._seen(),
             "final": self.last_eval, "best": self.best,
             "headline": {"name": headline.name, "value": final, "best": self.best.get(headline.name),
