@@ -15,8 +15,9 @@ results/reproduce/<claim>/<arm>/seed<k>/; the page results/REPORT.md is built fr
 
 Reuse: a run whose record says `completed` (or `diverged`: a result) with the same overrides is not run
 again, so a fresh clone rebuilds the page from results/reproduce/ without training; deleting one record
-re-runs that run alone (and the pretraining it starts from, when that run's checkpoint is gone). Runs shared
-by several claims (the ViT DyT run is Table 1's, the ablation's tanh and an α₀ point) train once.
+re-runs that run alone (and the pretraining it starts from, when that run's checkpoint is gone). A run that
+several claims share (the ViT DyT run is Table 1's, the ablation's tanh and an α₀ point) trains once and is
+recorded once, under the first claim that lists it.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from compare import Paired, _mean_std, final_by_seed, paired_statistics  # noqa:
 
 from dyt.train.results import Run, load_run  # noqa: E402
 
+SLURM_DEFAULTS = ("hydra.launcher.gpus_per_node=1", "hydra.launcher.timeout_min=60")
 RECORD_FILES = ("summary.json", "metrics.jsonl", "config.yaml", "norms.txt")
 FINAL = ("completed", "diverged")  # a record in one of these states is a result: reused, never re-run
 README_BEGIN, README_END = "<!-- report:summary:begin -->", "<!-- report:summary:end -->"
@@ -283,7 +285,7 @@ CLAIMS: tuple[Claim, ...] = (
     chain("table6_hyenadna", "Table 6", ("6",), "DyT matches LayerNorm in HyenaDNA (GenomicBenchmarks accuracy).",
           "hyenadna", "layernorm", (("trainer.max_steps=300", "trainer.eval_every=150", "trainer.ckpt_every=300"), 0.9),
           (("trainer.max_steps=150", "trainer.eval_every=75", "trainer.ckpt_every=150"), 0.5),
-          ("task=hyenadna", *QUICK), "HyenaDNA 85.2 / 85.2", "equal", pretrain_metric_note=" (val loss)"),
+          ("task=hyenadna", *QUICK, "task.data.seq_len=128"), "HyenaDNA 85.2 / 85.2", "equal", pretrain_metric_note=" (val loss)"),
     chain("table6_caduceus", "Table 6", ("6",), "DyT matches RMSNorm in Caduceus (GenomicBenchmarks accuracy).",
           "caduceus", "rmsnorm", (("trainer.max_steps=150", "trainer.eval_every=75", "trainer.ckpt_every=150"), 1.0),
           (("trainer.max_steps=100", "trainer.eval_every=50", "trainer.ckpt_every=100"), 0.7),
@@ -395,10 +397,8 @@ class Plan:
                 for seed in range(seeds):
                     self._spec(claim, arm, seed)
         self.canonical: dict[tuple, RunSpec] = {}  # the first spec of each distinct run: its outputs folder
-        self.twins: dict[tuple, list[RunSpec]] = defaultdict(list)
         for spec in self.specs.values():
             self.canonical.setdefault(spec.key, spec)
-            self.twins[spec.key].append(spec)
         self._records: dict[Path, tuple] = {}
 
     def forget(self) -> None:
@@ -425,7 +425,9 @@ class Plan:
         return spec
 
     def record_dir(self, spec: RunSpec) -> Path:
-        return self.records / spec.claim / spec.arm / f"seed{spec.seed}"
+        """One record per distinct run, under the first claim that lists it; its twins in other claims read it."""
+        first = self.canonical[spec.key]
+        return self.records / first.claim / first.arm / f"seed{first.seed}"
 
     def run_dir(self, spec: RunSpec) -> Path:
         first = self.canonical[spec.key]
@@ -497,31 +499,9 @@ def to_train(plan: Plan, selected: list[Claim]) -> list[RunSpec]:
         needed[spec.key] = plan.canonical[spec.key]
 
     for spec in wanted:
-        if any(plan.state(s) == "recorded" for s in plan.twins[spec.key]):
-            continue  # recorded here or by another claim: copied, not trained
-        need(spec)
+        if plan.state(spec) != "recorded":
+            need(spec)
     return list(needed.values())
-
-
-def copy_shared_records(plan: Plan) -> None:
-    """A run recorded for one claim fills every other claim's record of the same run."""
-    for specs in plan.twins.values():
-        source = next((s for s in specs if plan.state(s) == "recorded"), None)
-        if source is None:
-            continue
-        for spec in specs:
-            if plan.state(spec) != "recorded":
-                _copy_record(plan.record_dir(source), plan.record_dir(spec))
-    plan.forget()
-
-
-def _copy_record(source: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name in (*RECORD_FILES, "run.json"):
-        if (source / name).exists():
-            shutil.copy2(source / name, target / name)
 
 
 def train_one(plan: Plan, spec: RunSpec, launcher: str, launcher_args: tuple[str, ...]) -> tuple[RunSpec, int, float]:
@@ -748,8 +728,11 @@ class Report:
                 statuses[r.status] += 1
             status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "not run yet"
             minutes = sum(r.summary.get("wall_seconds") or 0 for r in runs) / 60
-            shown = " ".join(o for o in spec.overrides if not o.startswith("seed="))
-            lines.append(f"| `{arm.name}` | `{shown}` | {len(runs)} | {status} | {describe_arm(runs)} | {minutes:.1f} |")
+            shown = f"`{' '.join(o for o in spec.overrides if not o.startswith('seed='))}`"
+            first = self.plan.canonical[spec.key]
+            if first is not spec:
+                shown += f" ({first.claim}'s `{first.arm}` runs)"
+            lines.append(f"| `{arm.name}` | {shown} | {len(runs)} | {status} | {describe_arm(runs)} | {minutes:.1f} |")
         return "\n".join(lines) + "\n"
 
     def claim_pairs(self, claim: Claim) -> None:
@@ -1182,8 +1165,8 @@ def print_plan(plan: Plan, selected: list[Claim], runs: list[RunSpec], jobs: int
               "estimated minutes")
         for spec in specs:
             state = "train" if spec.key in train and plan.canonical[spec.key] is spec else plan.state(spec)
-            if state == "missing":
-                state = "shares " + next((s.name for s in plan.twins[spec.key] if s is not spec), "its twin")
+            if plan.canonical[spec.key] is not spec:
+                state += ", the run of " + plan.canonical[spec.key].name
             print(f"  [{state}] ~{spec.minutes:.1f} min  {shlex.join(plan.command(spec, launcher=launcher, launcher_args=launcher_args))}")
     pending = sum(r.minutes for r in runs)
     print(f"\nto train: {len(runs)} runs, ~{pending:.0f} run-minutes, ~{pending / jobs:.0f} minutes at {jobs} at a time; "
@@ -1215,16 +1198,16 @@ def main(argv=None) -> int:
     outputs = (args.outputs or (results.parent / "outputs" / "reproduce" if args.results else ROOT / "outputs" / "reproduce")).resolve()
     readme = args.readme or (ROOT / "README.md" if args.results is None else None)
     jobs = args.jobs or {"local": 1, "local_parallel": 2, "slurm": 32}[args.launcher]
-    launcher_args = tuple(args.launcher_arg)
+    # one small run per job: one GPU (the launcher config's default is a node of 8), an hour at most
+    launcher_args = merge_overrides(SLURM_DEFAULTS, args.launcher_arg) if args.launcher == "slurm" else ()
     selected = select(args.tables)
     plan = Plan(CLAIMS, seeds, args.quick, results, outputs)
-    copy_shared_records(plan)
     runs = to_train(plan, selected)
     print_plan(plan, selected, runs, jobs, args.launcher, launcher_args)
     failed = 0
     if not args.dry_run:
         failed = execute(plan, runs, args.launcher, jobs, launcher_args)
-        copy_shared_records(plan)
+        plan.forget()
     report = Report(plan, results / "reproduce" / "figures", regenerate_figures=not args.no_figures)
     page = report.build()
     path = results / "REPORT.md"
