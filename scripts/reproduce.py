@@ -258,7 +258,7 @@ CLAIMS: tuple[Claim, ...] = (
           (("trainer.max_steps=300", "trainer.optim.warmup_steps=35", "trainer.eval_every=300",
             "trainer.ckpt_every=300"), 2.1),
           (("trainer.max_steps=250", "trainer.eval_every=125", "trainer.ckpt_every=250"), 1.2),
-          ("task=dino", *QUICK), "DINO ViT-B/16 83.2 / 83.4, ViT-B/8 84.1 / 84.5", "better",
+          ("task=dino", *QUICK, "task.dino.local_crop_size=14", "task.dino.local_crops_number=2"), "DINO ViT-B/16 83.2 / 83.4, ViT-B/8 84.1 / 84.5", "better",
           pretrain_metric_note=" (k-NN top-1)"),
     pair("table3_dit", "Table 3", ("3",), "DyT matches LayerNorm in DiT (FID, lower is better).",
          ("task=dit", "trainer.max_steps=400", "trainer.eval_every=400", "trainer.ckpt_every=400",
@@ -300,8 +300,8 @@ CLAIMS: tuple[Claim, ...] = (
           "SkipInit 74.1, σReparam 82.5, DyT 82.8.",
           sizing=vit(), quick_sizing=("task=vit", *QUICK),
           arms=(Arm("layernorm", ("norm=layernorm",), VIT_MINUTES), Arm("dyt", ("norm=dyt",), VIT_MINUTES),
-                Arm("fixup", ("norm=fixup",), 2.5), Arm("skipinit", ("norm=skipinit",), 2.5),
-                Arm("sigma_reparam", ("norm=sigma_reparam",), 2.2)),
+                Arm("fixup", ("norm=fixup",), 2.6), Arm("skipinit", ("norm=skipinit",), 3.0),
+                Arm("sigma_reparam", ("norm=sigma_reparam",), 2.0)),
           comparisons=(Comparison("dyt", "layernorm", "DyT against LayerNorm", "82.3 / 82.8", "better"),
                        Comparison("fixup", "layernorm", "Fixup against LayerNorm", "82.3 / 77.2", "worse"),
                        Comparison("skipinit", "layernorm", "SkipInit against LayerNorm", "82.3 / 74.1", "worse"),
@@ -646,6 +646,8 @@ def plane(points: list[tuple[float, float, float]]) -> tuple[float, float] | Non
 
 def describe_arm(runs: list[Run]) -> str:
     """mean ± std of the completed runs' final headline, and what did not complete."""
+    if not runs:
+        return "not run yet"
     finals = list(final_by_seed(runs).values())
     text = _mean_std(finals) if finals else "–"
     diverged = [r for r in runs if r.status == "diverged"]
@@ -754,8 +756,14 @@ class Report:
                 continue
             paired = paired_statistics(_differences(treated, base))
             who = "DyT" if comparison.treatment.startswith("dyt") else comparison.treatment.replace("_", " ")
+            verdict = pair_verdict(paired, higher_c, comparison.paper, who)
+            diverged = {arm: sum(r.status == "diverged" for r in rs) for arm, rs in
+                        ((comparison.treatment, treated), (comparison.baseline, base))}
+            if any(diverged.values()):  # never hidden: the seeds a diverged run leaves out of the interval
+                verdict += "; diverged: " + ", ".join(f"{arm} {n} of {len(rs)}" for (arm, n), rs in
+                                                     zip(diverged.items(), (treated, base)) if n)
             self.rows.append(Row(claim, comparison.label, comparison.paper_numbers, ours, fmt_paired(paired),
-                                 str(paired.n if paired else 0), pair_verdict(paired, higher_c, comparison.paper, who)))
+                                 str(paired.n if paired else 0), verdict))
         text.append(self.arm_table(claim))
         text.append(self.compare_figures(claim))
         self.sections.append("\n".join(text))
