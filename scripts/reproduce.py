@@ -238,6 +238,13 @@ def tokens_claim() -> Claim:
               "(the gap grows against DyT), and a flip is a gap below 0 at the fewest tokens and above 0 at the most.")
 
 
+# the paper's Fig. 2/4 and Fig. 8 models (ViT-B, wav2vec 2.0, DiT): their runs in Tables 1, 5 and 3. DiT's
+# LayerNorms are not captured: scripts/plot_ln_mapping.py runs a validation batch through `task.eval_step`, which
+# the DiT task does not have (its evaluation samples)
+FIGURE_MODELS = ("ViT", "wav2vec 2.0", "DiT")
+FIGURE_RUNS = {"dyt": (("table1_vit", "dyt"), ("table5_wav2vec2", "dyt"), ("table3_dit", "dyt")),
+               "layernorm": (("table1_vit", "layernorm"), ("table5_wav2vec2", "layernorm"))}
+
 CLAIMS: tuple[Claim, ...] = (
     pair("table1_vit", "Table 1", ("1",), "DyT matches or beats LayerNorm in supervised ViT (ImageNet-1K top-1).",
          vit(), ("task=vit", *QUICK), ("layernorm", ("norm=layernorm",), VIT_MINUTES), ("dyt", ("norm=dyt",), VIT_MINUTES),
@@ -264,13 +271,15 @@ CLAIMS: tuple[Claim, ...] = (
          ("task=dit", "trainer.max_steps=400", "trainer.eval_every=400", "trainer.ckpt_every=400",
           "task.eval.final_num_samples=500"),
          ("task=dit", *QUICK, "task.eval.num_samples=20", "task.eval.final_num_samples=20", "task.grid.per_class=1"),
-         ("layernorm", ("norm=layernorm",), 4.5), ("dyt", ("norm=dyt",), 4.5),
+         # 400 × 0.37 s (a 50-step probe) + 59 s for 500 samples and the grid + start
+         ("layernorm", ("norm=layernorm",), 3.8), ("dyt", ("norm=dyt",), 3.8),
          "DiT-B/4 64.9 / 63.9, L/4 45.9 / 45.7, XL/2 19.9 / 20.8", "equal",
          notes="The headline is the Fréchet distance in the pinned digit classifier's features (`fd_mnist_classifier`) "
                "of 500 samples after 400 steps (25,600 images seen)."),
     pair("table4_llama", "Table 4", ("4", "llama"), "DyT matches RMSNorm in LLaMA pretraining (loss).",
          ("task=llama", "trainer.max_steps=400", "trainer.eval_every=200", "trainer.ckpt_every=200"),
-         ("task=llama", *QUICK), ("rmsnorm", ("norm=rmsnorm",), 4.9), ("dyt", ("norm=dyt",), 4.9),
+         # 400 × 0.64 s (a 30-step probe) + two evaluations + start
+         ("task=llama", *QUICK), ("rmsnorm", ("norm=rmsnorm",), 4.6), ("dyt", ("norm=dyt",), 4.6),
          "7B 1.59 / 1.60, 13B 1.53 / 1.54, 34B 1.50 / 1.50, 70B 1.45 / 1.45", "equal",
          label="DyT against RMSNorm",
          notes="The CPU default LLaMA (width 256, 4 layers) for 400 steps × 2,048 tokens = 819,200 tokens: 0.95 of "
@@ -334,21 +343,28 @@ CLAIMS: tuple[Claim, ...] = (
     tokens_claim(),
     Claim("fig8_alpha_std", "Fig. 8", ("fig8", "figures"),
           "α and 1/std of the DyT input move together; at the end of training α correlates with 1/std across layers.",
-          kind="alpha_std", reads=(("table1_vit", "dyt"),),
-          comparisons=(Comparison("dyt", "", "Pearson r of final α against final 1/std, across layers",
-                                  "ViT-B: α tracks 1/std (figure, no number)", "positive"),),
-          notes="Read from Table 1's DyT runs (their metrics.jsonl: `alpha/<layer>`, `input_std/<layer>`); the figure "
-                "is seed 0's (`python scripts/plot_alpha_std.py`)."),
+          kind="alpha_std", reads=FIGURE_RUNS["dyt"],
+          comparisons=tuple(Comparison(f"{source}/{arm}", "", f"Pearson r of final α against final 1/std across layers "
+                                       f"({model})", "ViT-B: α tracks 1/std (figure, no number)", "positive")
+                            for (source, arm), model in zip(FIGURE_RUNS["dyt"], FIGURE_MODELS)),
+          notes="Read from the DyT runs of Tables 1, 5 and 3 (their metrics.jsonl: `alpha/<layer>`, `input_std/<layer>`); "
+                "r per seed, its mean and 95% t-interval over seeds. The figures are seed 0's "
+                "(`python scripts/plot_alpha_std.py`)."),
     Claim("fig2_4_ln_mapping", "Fig. 2 and 4", ("fig2", "fig4", "figures"),
           "A trained LayerNorm's input–output mapping is nearly linear in early layers and S-shaped (tanh-like) in "
           "deeper ones.",
-          kind="ln_mapping", reads=(("table1_vit", "layernorm"),),
-          comparisons=(Comparison("last", "first", "tanh-likeness of the deepest captured LayerNorm against the first",
-                                  "ViT-B: early layers linear, deeper S-shaped (figure, no number)", "positive"),),
-          notes="From Table 1's LayerNorm runs' checkpoints (`outputs/reproduce/…`): one validation batch through four "
-                "LayerNorms (`scripts/plot_ln_mapping.py`). Tanh-likeness: R² of the best fit y ≈ c·tanh(kx) minus R² of "
-                "the best line, y the LayerNorm's output before its affine; Δ is the last layer's minus the first's, "
-                "per seed. Computed once while the checkpoints exist and kept in `ln_mapping.json`."),
+          kind="ln_mapping", reads=FIGURE_RUNS["layernorm"],
+          comparisons=tuple(Comparison(f"{source}/{arm}", "", f"tanh-likeness of the deepest captured LayerNorm "
+                                       f"against the first ({model})",
+                                       "ViT-B, wav2vec 2.0: early layers linear, deeper S-shaped (figure, no number)",
+                                       "positive")
+                            for (source, arm), model in zip(FIGURE_RUNS["layernorm"], FIGURE_MODELS)),
+          notes="From the LayerNorm runs' checkpoints of Tables 1 and 5 (`outputs/reproduce/…`; DiT's are not captured: "
+                "its task has no validation forward pass to hook): one validation batch "
+                "through four LayerNorms (`scripts/plot_ln_mapping.py`). Tanh-likeness: R² of the best fit "
+                "y ≈ c·tanh(kx) minus R² of the best line, y the LayerNorm's output before its affine; Δ is the last "
+                "layer's minus the first's, per seed. Computed while the checkpoints exist and kept in "
+                "`ln_mapping.json` beside the figures, so a clone without the run folders still shows them."),
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -686,9 +702,8 @@ class Report:
         return os.path.relpath(path, self.plan.results)
 
     def not_run(self, claim: Claim) -> bool:
-        arms = [a for c_id, a in claim.reads] if claim.reads else [a.name for a in self.plan.arms(claim)]
-        claim_id = claim.reads[0][0] if claim.reads else claim.id
-        return not any(self.plan.runs_of(claim_id, arm) for arm in arms)
+        reads = claim.reads or [(claim.id, a.name) for a in self.plan.arms(claim)]
+        return not any(self.plan.runs_of(source, arm) for source, arm in reads)
 
     def build(self) -> str:
         for claim in self.plan.claims:
@@ -960,73 +975,88 @@ class Report:
     def claim_alpha_std(self, claim: Claim) -> None:
         import numpy as np
 
-        source, arm = claim.reads[0]
-        runs = self.plan.runs_of(source, arm)
-        rs = []
-        for run in runs:
-            layers = list(dict.fromkeys(k[len("alpha/"):] for row in run.metrics for k in row if k.startswith("alpha/")))
-            layers = [layer for layer in layers if run.series(f"input_std/{layer}")[0]]
-            if len(layers) > 2:
-                alpha = [run.series(f"alpha/{layer}")[1][-1] for layer in layers]
-                inverse = [1 / run.series(f"input_std/{layer}")[1][-1] for layer in layers]
-                rs.append(float(np.corrcoef(inverse, alpha)[0, 1]))
-        paired = paired_statistics([r for r in rs if math.isfinite(r)])
-        figure = ""
-        if runs:
-            from plot_alpha_std import plot
-
-            out = self.figures / claim.id
-            if self.regenerate:
-                plot(runs[0].path, out)
-            figure = f"![α against 1/std]({self.rel(out / 'alpha_std.png')})\n"
+        figures = []
         for comparison in claim.comparisons:
+            source, arm = comparison.treatment.split("/")
+            runs = self.plan.runs_of(source, arm)
+            if not runs:
+                self.rows.append(Row(claim, comparison.label, comparison.paper_numbers,
+                                     f"not run yet (command: `python scripts/reproduce.py --tables {source}`)", "–", "0",
+                                     "not run yet"))
+                continue
+            rs = []
+            for run in runs:
+                layers = list(dict.fromkeys(k[len("alpha/"):] for row in run.metrics for k in row if k.startswith("alpha/")))
+                layers = [layer for layer in layers if run.series(f"input_std/{layer}")[0]]
+                if len(layers) > 2:
+                    alpha = [run.series(f"alpha/{layer}")[1][-1] for layer in layers]
+                    inverse = [1 / run.series(f"input_std/{layer}")[1][-1] for layer in layers]
+                    rs.append(float(np.corrcoef(inverse, alpha)[0, 1]))
+            rs = [r for r in rs if math.isfinite(r)]
+            paired = paired_statistics(rs)
+            out = self.figures / claim.id / source
+            if self.regenerate:
+                from plot_alpha_std import plot
+
+                try:
+                    plot(runs[0].path, out)
+                except (Exception, SystemExit) as err:  # the page is still written, saying what failed
+                    figures.append(f"{source}: no figure ({type(err).__name__}: {err}).\n")
+            figures.append(f"![α against 1/std, {source}]({self.rel(out / 'alpha_std.png')})\n")
             self.rows.append(Row(claim, comparison.label, comparison.paper_numbers,
-                                 "r per seed: " + ", ".join(f"{r:.2f}" for r in rs) if rs else "–",
+                                 ("r per seed: " + ", ".join(f"{r:.2f}" for r in rs)) if rs else "no DyT layers logged",
                                  "mean r " + fmt_paired(paired, ".2f"), str(paired.n if paired else 0),
                                  sign_verdict(paired, +1)))
-        self.sections.append(self.section_head(claim) + figure)
+        self.sections.append(self.section_head(claim) + "".join(figures))
 
     def claim_ln_mapping(self, claim: Claim) -> None:
-        source, arm = claim.reads[0]
-        out = self.figures / claim.id
-        saved = out / "ln_mapping.json"
-        folders = [self.plan.run_dir(self.plan.specs[(source, arm, seed)]) for seed in range(self.plan.seeds)]
-        available = [f for f in folders if has_checkpoint(f)]
-        kept = json.loads(saved.read_text()) if saved.exists() else {}
-        note = ""
-        if self.regenerate and available and len(available) >= len(kept.get("seeds", {})):
-            kept = {"seeds": {}}
-            for seed, folder in enumerate(folders):
-                if folder in available:
-                    kept["seeds"][str(seed)] = tanh_likeness(folder)
-            from plot_ln_mapping import plot
-
-            plot(available[0], out)
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
-        elif not available:
-            note = ("The run folders with checkpoints (`" + _shown(folders[0].parent) + "/`) are not on this machine: "
-                    + ("the numbers below were computed when they were." if kept else
-                       "nothing to compute; run `python scripts/reproduce.py --tables table1_vit` (it keeps them)."))
-        seeds = kept.get("seeds", {})
-        differences = [v["layers"][-1]["tanh_minus_linear"] - v["layers"][0]["tanh_minus_linear"]
-                       for _, v in sorted(seeds.items())]
-        paired = paired_statistics(differences)
-        table = ["| seed | layer | R² line | R² c·tanh(kx) | tanh − line |", "|---|---|---|---|---|"]
-        for seed, value in sorted(seeds.items()):
-            for layer in value["layers"]:
-                table.append(f"| {seed} | `{layer['path']}` | {layer['r2_linear']:.3f} | {layer['r2_tanh']:.3f} | "
-                             f"{layer['tanh_minus_linear']:+.3f} |")
-        ours = ", ".join(f"seed {s}: first {v['layers'][0]['tanh_minus_linear']:+.3f}, last "
-                         f"{v['layers'][-1]['tanh_minus_linear']:+.3f}" for s, v in sorted(seeds.items())) or "–"
+        text = [self.section_head(claim)]
         for comparison in claim.comparisons:
+            source, arm = comparison.treatment.split("/")
+            out = self.figures / claim.id / source
+            saved = out / "ln_mapping.json"
+            folders = [self.plan.run_dir(self.plan.specs[(source, arm, seed)]) for seed in range(self.plan.seeds)]
+            available = [f for f in folders if has_checkpoint(f)]
+            kept = json.loads(saved.read_text()) if saved.exists() else {}
+            if self.regenerate and available and len(available) >= len(kept.get("seeds", {})):
+                from plot_ln_mapping import plot
+
+                try:
+                    kept = {"seeds": {str(seed): tanh_likeness(folder) for seed, folder in enumerate(folders)
+                                      if folder in available}}
+                    plot(available[0], out)
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+                except (Exception, SystemExit) as err:  # the page is still written, saying what failed
+                    text.append(f"{source}: not computed ({type(err).__name__}: {err}).\n")
+            seeds = kept.get("seeds", {})
+            if not available:
+                text.append(f"{source}: the run folders with checkpoints (`{_shown(folders[0].parent)}/`) are not on this "
+                            "machine: " + ("the numbers below were computed when they were." if seeds else
+                                           f"nothing to compute; `python scripts/reproduce.py --tables {source}` makes "
+                                           "them (it keeps the run folders).") + "\n")
+            differences = [v["layers"][-1]["tanh_minus_linear"] - v["layers"][0]["tanh_minus_linear"]
+                           for _, v in sorted(seeds.items())]
+            paired = paired_statistics(differences)
+            if seeds:
+                table = [f"{source}:", "", "| seed | layer | R² line | R² c·tanh(kx) | tanh − line |", "|---|---|---|---|---|"]
+                for seed, value in sorted(seeds.items()):
+                    for layer in value["layers"]:
+                        table.append(f"| {seed} | `{layer['path']}` | {layer['r2_linear']:.3f} | {layer['r2_tanh']:.3f} | "
+                                     f"{layer['tanh_minus_linear']:+.3f} |")
+                text.append("\n".join(table) + "\n")
+            text += [f"![LayerNorm input against output, {source}, by {k}]({self.rel(out / f'ln_mapping_{k}.png')})\n"
+                     for k in ("tokens", "channels") if (out / f"ln_mapping_{k}.png").exists()]
+            ours = ", ".join(f"seed {s}: first {v['layers'][0]['tanh_minus_linear']:+.3f}, last "
+                             f"{v['layers'][-1]['tanh_minus_linear']:+.3f}" for s, v in sorted(seeds.items()))
+            if not seeds:
+                ours = (f"not run yet (command: `python scripts/reproduce.py --tables {source}`)"
+                        if not self.plan.runs_of(source, arm) else "needs the run folders with checkpoints")
             self.rows.append(Row(claim, comparison.label, comparison.paper_numbers, ours, fmt_paired(paired),
-                                 str(paired.n if paired else 0), sign_verdict(paired, +1) if seeds else
-                                 "needs the run folders with checkpoints"))
-        figures = "".join(f"![LayerNorm input against output, by {k}]({self.rel(out / f'ln_mapping_{k}.png')})\n"
-                          for k in ("tokens", "channels") if (out / f"ln_mapping_{k}.png").exists())
-        self.sections.append(self.section_head(claim) + (note + "\n\n" if note else "")
-                             + ("\n".join(table) + "\n\n" if seeds else "") + figures)
+                                 str(paired.n if paired else 0),
+                                 sign_verdict(paired, +1) if seeds else "not run yet" if "not run" in ours
+                                 else "needs the run folders with checkpoints"))
+        self.sections.append("\n".join(text))
 
     def _save(self, fig, path: Path) -> None:
         if self.regenerate:
@@ -1161,14 +1191,14 @@ def select(tokens: str | None) -> list[Claim]:
 def print_plan(plan: Plan, selected: list[Claim], runs: list[RunSpec], jobs: int, launcher: str,
                launcher_args: tuple[str, ...]) -> None:
     train = {r.key for r in runs}
-    total_all = 0.0
+    every: dict[tuple, float] = {}  # each distinct run once, whichever claims list it
     for claim in selected:
         specs = [s for s in plan.specs.values() if s.claim == claim.id
                  or (s.claim, s.arm) in set(claim.reads)]
         new = [s for s in specs if s.key in train and plan.canonical[s.key] is s]
         minutes = sum(s.minutes for s in new)
         full = sum(s.minutes for s in specs if plan.canonical[s.key] is s)
-        total_all += full
+        every.update({s.key: s.minutes for s in specs})
         print(f"\n{claim.id} ({claim.source}): {len(specs)} runs, {len(new)} to train, ~{minutes:.0f} of ~{full:.0f} "
               "estimated minutes")
         for spec in specs:
@@ -1176,7 +1206,7 @@ def print_plan(plan: Plan, selected: list[Claim], runs: list[RunSpec], jobs: int
             if plan.canonical[spec.key] is not spec:
                 state += ", the run of " + plan.canonical[spec.key].name
             print(f"  [{state}] ~{spec.minutes:.1f} min  {shlex.join(plan.command(spec, launcher=launcher, launcher_args=launcher_args))}")
-    pending = sum(r.minutes for r in runs)
+    pending, total_all = sum(r.minutes for r in runs), sum(every.values())
     print(f"\nto train: {len(runs)} runs, ~{pending:.0f} run-minutes, ~{pending / jobs:.0f} minutes at {jobs} at a time; "
           f"all selected claims from scratch: ~{total_all:.0f} run-minutes (~{total_all / 2:.0f} min with local_parallel)")
 
