@@ -517,6 +517,13 @@ def to_train(plan: Plan, selected: list[Claim]) -> list[RunSpec]:
     for spec in wanted:
         if plan.state(spec) != "recorded":
             need(spec)
+    grown = True
+    while grown:  # a run that trains again takes what starts from it along (a fine-tuning of the old weights is stale)
+        grown = False
+        for spec in plan.specs.values():
+            if spec.after and spec.after.key in needed and spec.key not in needed:
+                need(spec)
+                grown = True
     return list(needed.values())
 
 

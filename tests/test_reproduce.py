@@ -149,3 +149,57 @@ def test_a_tables_selection_names_what_exists():
     with pytest.raises(SystemExit, match="no such claim"):
         reproduce.select("42")
     assert len(reproduce.select(None)) == len(reproduce.CLAIMS)
+
+
+def _record(plan, spec, status="completed"):
+    """A record as train_one leaves it (no training: these tests read only the plan)."""
+    folder = plan.record_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"status": status, "seed": spec.seed}))
+    (folder / "run.json").write_text(json.dumps({"overrides": list(spec.overrides)}))
+
+
+def test_a_finetune_starts_from_its_pretraining_and_reruns_it_when_the_checkpoint_is_gone(tmp_path):
+    plan = reproduce.Plan(reproduce.CLAIMS, 2, False, tmp_path / "results", tmp_path / "outputs")
+    claim = next(c for c in reproduce.CLAIMS if c.id == "table6_hyenadna")
+    pretrain, finetune = plan.specs[("table6_hyenadna", "dyt_pretrain", 1)], plan.specs[("table6_hyenadna", "dyt_finetune", 1)]
+    assert finetune.after is pretrain
+    assert f"init_from={tmp_path / 'outputs' / 'table6_hyenadna' / 'dyt_pretrain' / 'seed1'}" in plan.command(finetune)
+    for spec in plan.specs.values():
+        if spec.claim == "table6_hyenadna" and spec is not finetune:
+            _record(plan, spec)
+    # the fine-tuning record is missing and its pretraining's run folder is gone: both train, nothing else
+    assert [s.name for s in reproduce.to_train(plan, [claim])] == [pretrain.name, finetune.name]
+    _record(plan, finetune, status="failed")  # a failed run is not a result: it runs again
+    plan.forget()
+    assert finetune.name in [s.name for s in reproduce.to_train(plan, [claim])]
+    _record(plan, finetune)
+    plan.forget()
+    assert reproduce.to_train(plan, [claim]) == []
+    # a record made with other overrides (the claim's sizing changed) is stale: it runs again
+    (plan.record_dir(pretrain) / "run.json").write_text(json.dumps({"overrides": ["trainer.max_steps=1"]}))
+    plan.forget()
+    assert plan.state(pretrain) == "stale"
+    # …and what was fine-tuned from its old weights runs again with it
+    assert [s.name for s in reproduce.to_train(plan, [claim])] == [pretrain.name, finetune.name]
+
+
+def test_shared_runs_train_once_and_are_recorded_once(tmp_path):
+    plan = reproduce.Plan(reproduce.CLAIMS, 1, False, tmp_path / "results", tmp_path / "outputs")
+    vit, tanh = plan.specs[("table1_vit", "dyt", 0)], plan.specs[("fn_ablation", "tanh", 0)]
+    alpha = plan.specs[("alpha_vit", "w128_lr2e-3_a0.5", 0)]
+    assert vit.key == tanh.key == alpha.key
+    assert plan.record_dir(tanh) == plan.record_dir(alpha) == tmp_path / "results" / "reproduce" / "table1_vit" / "dyt" / "seed0"
+    assert plan.run_dir(tanh) == tmp_path / "outputs" / "table1_vit" / "dyt" / "seed0"
+    wanted = reproduce.to_train(plan, reproduce.select("table1_vit,fn_ablation"))
+    assert sum(s.key == vit.key for s in wanted) == 1
+
+
+def test_slurm_submits_each_run_through_the_repos_launcher(tmp_path):
+    plan = reproduce.Plan(reproduce.CLAIMS, 1, False, tmp_path / "results", tmp_path / "outputs")
+    spec = plan.specs[("table1_vit", "layernorm", 0)]
+    command = plan.command(spec, launcher="slurm", launcher_args=("hydra.launcher.partition=cpu",))
+    assert command[2:4] == ["-m", "hydra/launcher=slurm"] and "hydra.launcher.partition=cpu" in command
+    folder = tmp_path / "outputs" / "table1_vit" / "layernorm"
+    assert f"hydra.sweep.dir={folder}" in command and "hydra.sweep.subdir=seed0" in command
+    assert "norm=layernorm" in command and "seed=0" in command
