@@ -1037,11 +1037,10 @@ class Report:
                 except (Exception, SystemExit) as err:  # the page is still written, saying what failed
                     text.append(f"{source}: not computed ({type(err).__name__}: {err}).\n")
             seeds = kept.get("seeds", {})
-            if not available:
+            if not available and not seeds:  # (numbers kept from when they were here read the same on any machine)
                 text.append(f"{source}: the run folders with checkpoints (`{_shown(folders[0].parent)}/`) are not on this "
-                            "machine: " + ("the numbers below were computed when they were." if seeds else
-                                           f"nothing to compute; `python scripts/reproduce.py --tables {source}` makes "
-                                           "them (it keeps the run folders).") + "\n")
+                            f"machine: nothing to compute; `python scripts/reproduce.py --tables {source}` makes them "
+                            "(it keeps the run folders).\n")
             differences = [v["layers"][-1]["tanh_minus_linear"] - v["layers"][0]["tanh_minus_linear"]
                            for _, v in sorted(seeds.items())]
             paired = paired_statistics(differences)

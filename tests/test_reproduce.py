@@ -132,6 +132,12 @@ def test_quick_runs_records_reuses_and_reruns_one(tmp_path):
     assert started == ["table1_vit/dyt/seed1"]
     assert json.loads((records / "dyt" / "seed1" / "summary.json").read_text())["status"] == "completed"
 
+    # a fresh clone: the records without the run folders make the same page, training nothing
+    page = (tmp_path / "results" / "REPORT.md").read_text()
+    shutil.move(tmp_path / "outputs", tmp_path / "elsewhere")
+    _, started = _reproduce(tmp_path, "--dry-run", "--no-figures")
+    assert started == [] and (tmp_path / "results" / "REPORT.md").read_text() == page
+
 
 def test_readme_block_is_rewritten_between_its_markers(tmp_path):
     readme = tmp_path / "README.md"
