@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from compare import Paired, _mean_std, final_by_seed, paired_statistics  # noqa: E402
+from compare import Paired, _mean_std, final_by_seed, paired_differences, paired_statistics  # noqa: E402
 
 from dyt.train.results import Run, load_run  # noqa: E402
 
@@ -776,7 +776,7 @@ class Report:
                 self.rows.append(Row(claim, comparison.label, comparison.paper_numbers, ours, "–", str(len(treated)),
                                      verdict))
                 continue
-            paired = paired_statistics(_differences(treated, base))
+            paired = paired_statistics(paired_differences(treated, base))
             who = "DyT" if comparison.treatment.startswith("dyt") else comparison.treatment.replace("_", " ")
             verdict = pair_verdict(paired, higher_c, comparison.paper, who)
             diverged = {arm: sum(r.status == "diverged" for r in rs) for arm, rs in
@@ -944,7 +944,7 @@ class Report:
             for seed in mine:
                 if seed in theirs:
                     gaps[seed][ratio] = mine[seed] - theirs[seed]
-            paired = paired_statistics([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+            paired = paired_statistics(paired_differences(treated, base))
             points.append((ratio, paired))
             table.append(f"| {steps} | {tokens:,} | {ratio:.3g} | {tokens / TRAIN_TOKENS:.2f} | {describe_arm(base)} | "
                          f"{describe_arm(treated)} | {fmt_paired(paired)} | {paired.n if paired else 0} |")
@@ -1126,11 +1126,6 @@ class Report:
             "two at once, so the wall-clock time is about half the sum.", "", self.compute_table(), "",
             "## Claims", ""]
         return "\n".join(head) + "\n" + "\n".join(self.sections)
-
-
-def _differences(treated: list[Run], base: list[Run]) -> list[float]:
-    mine, theirs = final_by_seed(treated), final_by_seed(base)
-    return [mine[s] - theirs[s] for s in sorted(mine, key=str) if s in theirs]
 
 
 def tanh_likeness(folder: Path, n_layers: int = 4, samples: int = 20000) -> dict:
