@@ -567,6 +567,7 @@ def execute(plan: Plan, runs: list[RunSpec], launcher: str, jobs: int, launcher_
     if not runs:
         return 0
     pending = {r.key: r for r in runs}
+    left = sum(r.minutes for r in runs)  # estimated run-minutes not yet done
     broken: set = set()  # runs that failed: what starts from them cannot run
     failed = 0
     running: dict = {}
@@ -595,8 +596,10 @@ def execute(plan: Plan, runs: list[RunSpec], launcher: str, jobs: int, launcher_
                 spec, code, elapsed = future.result()
                 plan.forget()
                 status = (plan.record(spec)[0].status if plan.record(spec)[0] else "no summary")
+                left -= spec.minutes
                 print(f"[reproduce] {'done ' if code == 0 else 'FAILED'} {spec.name}: {status}, {elapsed / 60:.1f} min"
-                      + (f", exit {code}, log {_shown(plan.run_dir(spec) / 'stdout.log')}" if code else ""), flush=True)
+                      + (f", exit {code}, log {_shown(plan.run_dir(spec) / 'stdout.log')}" if code else "")
+                      + f"; {len(pending) + len(running)} runs left, ~{max(left, 0) / jobs:.0f} min", flush=True)
                 failed += code != 0
                 if code != 0:
                     broken.add(key)
@@ -927,7 +930,7 @@ class Report:
         steps_of = sorted({a.meta["quick_steps" if self.plan.quick else "steps"] for a in self.plan.arms(claim)})
         points, gaps = [], defaultdict(dict)
         table = ["| steps | tokens | tokens / parameter | passes over the text | RMSNorm val loss | DyT val loss | "
-                 "DyT − RMSNorm (95% CI) | n |", "|---|---|---|---|---|---|---|---|"]
+                 "DyT − RMSNorm (95% CI) | relative | n |", "|---|---|---|---|---|---|---|---|---|"]
         for arm_steps in steps_of:
             name = next(a.name for a in self.plan.arms(claim) if a.meta["norm"] == "rmsnorm"
                         and a.meta["quick_steps" if self.plan.quick else "steps"] == arm_steps)
@@ -946,8 +949,10 @@ class Report:
                     gaps[seed][ratio] = mine[seed] - theirs[seed]
             paired = paired_statistics(paired_differences(treated, base))
             points.append((ratio, paired))
+            # the critique states the gap relative to the baseline's loss (27.3% better, 18.8% worse)
+            relative = f"{100 * paired.mean / statistics.mean(theirs.values()):+.1f}%" if paired and theirs else "–"
             table.append(f"| {steps} | {tokens:,} | {ratio:.3g} | {tokens / TRAIN_TOKENS:.2f} | {describe_arm(base)} | "
-                         f"{describe_arm(treated)} | {fmt_paired(paired)} | {paired.n if paired else 0} |")
+                         f"{describe_arm(treated)} | {fmt_paired(paired)} | {relative} | {paired.n if paired else 0} |")
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         shown = [(r, p) for r, p in points if p is not None]
         if shown:
