@@ -732,9 +732,12 @@ class Report:
         lines = [f'<a id="{claim.id}"></a>', f"### {claim.id} — {claim.source}", "", claim.statement, ""]
         if claim.arms:
             example = next(s for s in self.plan.specs.values() if s.claim == claim.id)
+            # a chain: the run that starts from it too (its init_from names the first's folder)
+            examples = [example, *(s for s in self.plan.specs.values() if s.after is example)]
             lines += ["Runs: " + ", ".join(f"`{a.name}`" for a in self.plan.arms(claim))
-                      + f"; seeds 0–{self.plan.seeds - 1}. One run, as typed:", "",
-                      "```bash", shlex.join(self.plan.command(example)), "```", ""]
+                      + f"; seeds 0–{self.plan.seeds - 1}. "
+                      + ("One run, as typed:" if len(examples) == 1 else "One chain, as typed:"), "",
+                      "```bash", *(shlex.join(self.plan.command(e)) for e in examples), "```", ""]
             lines.append(f"Records: [`{self.rel(self.plan.records / claim.id)}/`]({self.rel(self.plan.records / claim.id)}/)"
                          f" (each run's summary.json, metrics.jsonl, config.yaml). "
                          f"All of it: `python scripts/reproduce.py --tables {claim.id}`.")
