@@ -16,6 +16,7 @@ import statistics
 import sys
 import zlib
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -154,23 +155,60 @@ def baselines(groups: dict[str, list[Run]], chosen: str | None = None) -> dict[s
     return found
 
 
-def paired_difference(runs: list[Run], baseline: list[Run]) -> str:
-    """Final headline minus the baseline's, seed by seed: mean and a 95% t-interval over the paired seeds."""
-    def finals(rs):
-        return {r.summary.get("seed", r.config.get("seed")): r.headline["value"] for r in rs
-                if r.status == "completed" and isinstance(r.headline.get("value"), (int, float))}
+@dataclass(frozen=True)
+class Paired:
+    """A paired difference over seeds: its mean, the std of the differences, n, and the 95% t-interval
+    (mean ± t(0.975, n−1)·std/√n; None with fewer than two pairs)."""
+    mean: float
+    std: float | None
+    n: int
+    low: float | None
+    high: float | None
 
-    mine, theirs = finals(runs), finals(baseline)
-    differences = [mine[s] - theirs[s] for s in sorted(mine, key=str) if s in theirs]
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def paired_statistics(differences: list[float]) -> Paired | None:
+    """Mean, std and 95% t-interval of paired differences (one per seed): what compare's Δ column and
+    scripts/reproduce.py's page both report."""
     if not differences:
-        return "–"
+        return None
     mean = statistics.mean(differences)
     if len(differences) == 1:
-        return f"{mean:+.3g} (1 seed)"
+        return Paired(mean, None, 1, None, None)
     from scipy import stats
 
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
-    return f"{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}] ({len(differences)} seeds)"
+    std = statistics.stdev(differences)
+    half = stats.t.ppf(0.975, len(differences) - 1) * std / math.sqrt(len(differences))
+    return Paired(mean, std, len(differences), mean - half, mean + half)
+
+
+def seed_of(run: Run):
+    return run.summary.get("seed", run.config.get("seed"))
+
+
+def final_by_seed(runs: list[Run]) -> dict:
+    """{seed: final headline} of the completed runs."""
+    return {seed_of(r): r.headline["value"] for r in runs
+            if r.status == "completed" and isinstance(r.headline.get("value"), (int, float))}
+
+
+def paired_differences(runs: list[Run], baseline: list[Run]) -> list[float]:
+    """Final headline minus the baseline's, seed by seed (seeds both completed), in seed order."""
+    mine, theirs = final_by_seed(runs), final_by_seed(baseline)
+    return [mine[s] - theirs[s] for s in sorted(mine, key=str) if s in theirs]
+
+
+def paired_difference(runs: list[Run], baseline: list[Run]) -> str:
+    """Final headline minus the baseline's, seed by seed: mean and a 95% t-interval over the paired seeds."""
+    paired = paired_statistics(paired_differences(runs, baseline))
+    if paired is None:
+        return "–"
+    if paired.n == 1:
+        return f"{paired.mean:+.3g} (1 seed)"
+    return f"{paired.mean:+.3g} [{paired.low:+.3g}, {paired.high:+.3g}] ({paired.n} seeds)"
 
 
 def group_runs(runs: list[Run]) -> tuple[dict[str, list[Run]], list[str], list[str]]:
