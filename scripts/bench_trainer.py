@@ -7,10 +7,11 @@
                  end (`off`), and at the task's default cadence (`default`, their cost spread over the steps),
 
 printed as ratios to (a) and written to results/trainer/. Measured side by side: every round runs each variant
-once, each keeps its fastest round. (a) and (b) time k steps (the task's `log_every` unless --steps says);
-the trainer is timed by its own clock inside one run: the metrics rows' timestamps over its second log
-window (k steps, warmed up, one log line in them) and the evaluation and checkpoint seconds its summary.json
-counts, spread over the task's `eval_every` and `ckpt_every` for the default cadence.
+once, each keeps its fastest round. Each variant times the same steps: `--windows` (3) × the task's `log_every`.
+The trainer is timed by its own clock inside one run: the metrics rows' timestamps over its log windows after
+the first (warmed up, one log line each, no evaluation or checkpoint), and the evaluation and checkpoint seconds
+its summary.json counts, spread over the task's `eval_every` and `ckpt_every` for the default cadence.
+Re-running some tasks replaces their rows in the table and keeps the others'.
 
     python scripts/bench_trainer.py                              # every task, this machine's threads
     python scripts/bench_trainer.py --tasks vit llama --threads 1 --rounds 3
@@ -90,31 +91,32 @@ class Loop:
         return (time.perf_counter() - start) / steps
 
 
-def trainer_run(task: str, every: int, overrides: list[str]) -> dict:
-    """One run of 3 × `every` steps through `dyt.train.run.train`, logging every `every` steps (the task's own
-    log cadence) with one evaluation and checkpoint at step 2 × `every` and the final ones at the end. Its own
-    clock gives: the step time over steps every+1 … 2 × every (warmed up, one log line, no evaluation or
-    checkpoint: the metrics rows' timestamps) and the mean evaluation and checkpoint (summary.json)."""
+def trainer_run(task: str, every: int, windows: int, overrides: list[str]) -> dict:
+    """One run of (windows + 2) × `every` steps through `dyt.train.run.train`, logging every `every` steps (the
+    task's own log cadence) with one evaluation and checkpoint at step (windows + 1) × `every` and the final ones
+    at the end. Its own clock gives: the step time over steps every + 1 … (windows + 1) × every (warmed up, one
+    log line per window, no evaluation or checkpoint: the metrics rows' timestamps) and the mean evaluation and
+    checkpoint (summary.json)."""
     from dyt.train.results import read_metrics
     from dyt.train.run import train
 
+    first, last = every, (windows + 1) * every
     with tempfile.TemporaryDirectory() as folder:
-        cfg = compose(task, f"trainer.max_steps={3 * every}", f"trainer.log_every={every}",
-                      f"trainer.eval_every={2 * every}", f"trainer.ckpt_every={2 * every}", *overrides,
-                      run_dir=folder)
+        cfg = compose(task, f"trainer.max_steps={last + every}", f"trainer.log_every={every}",
+                      f"trainer.eval_every={last}", f"trainer.ckpt_every={last}", *overrides, run_dir=folder)
         summary = train(cfg)
         rows = read_metrics(Path(folder))
     if summary["status"] != "completed":
         raise RuntimeError(f"{task}: the trainer's run ended {summary['status']}: {summary.get('error')}")
     logged = {r["step"]: r["time"] for r in rows if "train/loss" in r}
-    return {"step": (logged[2 * every] - logged[every]) / every,
+    return {"step": (logged[last] - logged[first]) / (last - first),
             "eval": summary["eval_seconds"] / 2, "ckpt": summary["checkpoint_seconds"] / 2}
 
 
-def bench_task(task: str, steps: int | None, rounds: int, overrides: list[str]) -> dict:
+def bench_task(task: str, windows: int, rounds: int, overrides: list[str]) -> dict:
     cfg = compose(task, *overrides)
     tcfg = cfg.trainer
-    steps = steps or tcfg.log_every
+    steps = windows * tcfg.log_every
     loop = Loop(cfg)
     premade = [next(loop.batches) for _ in range(steps)]
     loop.bare(premade[:2])  # warm-up: first calls build kernels and caches
@@ -122,7 +124,7 @@ def bench_task(task: str, steps: int | None, rounds: int, overrides: list[str]) 
     for _ in range(rounds):
         best["bare"] = min(best["bare"], loop.bare(premade))
         best["data"] = min(best["data"], loop.with_data(steps))
-        run = trainer_run(task, tcfg.log_every, overrides)
+        run = trainer_run(task, tcfg.log_every, windows, overrides)
         best["trainer_off"] = min(best["trainer_off"], run["step"])
         best["eval"], best["ckpt"] = min(best["eval"], run["eval"]), min(best["ckpt"], run["ckpt"])
     # evaluation and checkpoints at the default cadence, each one's cost spread over the steps between them
@@ -154,8 +156,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=TASKS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per measurement of (a) and (b) (default: the task's log_every)")
+    parser.add_argument("--windows", type=int, default=3,
+                        help="log windows (the task's log_every steps each) per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "trainer")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every task (e.g. task.size=debug)")
@@ -167,13 +169,17 @@ def main(argv=None) -> None:
     logging.getLogger("dyt.train").setLevel(logging.WARNING)
     results = []
     for task in args.tasks:
-        results.append(bench_task(task, args.steps, args.rounds, args.overrides))
+        results.append(bench_task(task, args.windows, args.rounds, args.overrides))
         print(json.dumps({k: results[-1][k] for k in ("task", "ratios")}), flush=True)
-    text = table(results, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    record = args.out / f"trainer_{threads}threads.json"
+    kept = {r["task"]: r for r in json.loads(record.read_text())} if record.exists() else {}
+    kept.update({r["task"]: r for r in results})
+    results = [kept[task] for task in TASKS if task in kept]
+    text = table(results, threads)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    (args.out / f"trainer_{threads}threads.json").write_text(json.dumps(results, indent=1))
+    record.write_text(json.dumps(results, indent=1))
     (args.out / f"trainer_{threads}threads.md").write_text(text + "\n")
 
 
