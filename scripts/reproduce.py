@@ -776,7 +776,8 @@ class Report:
                     f"({name_c} {'↑' if higher_c else '↓'})")
             if comparison.paper == "diverges":
                 diverged = sum(r.status == "diverged" for r in treated)
-                verdict = ("same direction as the paper (diverged in every seed)" if treated and diverged == len(treated)
+                verdict = ("not run yet" if not treated
+                           else "same direction as the paper (diverged in every seed)" if diverged == len(treated)
                            else f"opposite ({len(treated) - diverged} of {len(treated)} trained)" if diverged == 0
                            else f"diverged in {diverged} of {len(treated)} seeds")
                 self.rows.append(Row(claim, comparison.label, comparison.paper_numbers, ours, "–", str(len(treated)),
@@ -978,8 +979,13 @@ class Report:
         verdict = sign_verdict(paired, +1)
         if len(shown) >= 2:
             first, last = shown[0][1], shown[-1][1]
-            flips = first.high is not None and last.low is not None and first.high < 0 < last.low
-            verdict += "; the sign flips as reported" if flips else "; no sign flip at this scale"
+            known = None not in (first.low, first.high, last.low, last.high)
+            if known and first.high < 0 < last.low:
+                verdict += "; the sign flips as reported (DyT better at few tokens, worse at many)"
+            elif known and first.low > 0 > last.high:
+                verdict += "; the sign flips the other way (DyT worse at few tokens, better at many)"
+            else:
+                verdict += "; no sign flip at this scale"
         ratios = f"{points[0][0]:.3g} to {points[-1][0]:.3g} tokens per parameter" if points else "–"
         ours = "gap " + ", ".join(f"{p.mean:+.3g}" for _, p in shown) + f" over {ratios}" if shown else "–"
         for comparison in claim.comparisons:
