@@ -650,10 +650,10 @@ def sign_verdict(paired: Paired | None, expected: int) -> str:
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 2 or len(set(xs)) < 2:
+    """The least-squares slope of ys against xs; None without two distinct xs."""
+    if len(set(xs)) < 2:
         return None
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return statistics.linear_regression(xs, ys).slope
 
 
 def plane(points: list[tuple[float, float, float]]) -> tuple[float, float] | None:
