@@ -1,7 +1,7 @@
 """The trainer's and the data pipeline's cost, per task: the time per optimizer step of each task's CPU default
 
-    (a) bare     a bare PyTorch loop — forward and loss (the task's), backward, clipping, AdamW — over batches
-                 made before the clock starts, on the same model and optimizer groups the trainer builds;
+    (a) bare     a bare PyTorch loop — forward and loss (the task's), backward, clipping, the optimizer step —
+                 over batches made before the clock starts, on the same model and optimizer the trainer builds;
     (b) data     the same loop drawing its batches from the task's training loader as the trainer makes it;
     (c) trainer  `dyt.train.run.train`, the code path of `train.py`: with evaluation and checkpoints only at the
                  end (`off`), and at the task's default cadence (`default`, their cost spread over the steps),
@@ -11,7 +11,8 @@ once, each keeps its fastest round. Each variant times the same steps: `--window
 The trainer is timed by its own clock inside one run: the metrics rows' timestamps over its log windows after
 the first (warmed up, one log line each, no evaluation or checkpoint), and the evaluation and checkpoint seconds
 its summary.json counts, spread over the task's `eval_every` and `ckpt_every` for the default cadence.
-Re-running some tasks replaces their rows in the table and keeps the others'.
+Re-running some tasks replaces their rows in the table and keeps the others'. The process keeps freed memory
+as the trainer's does (`dyt.train.hardware.keep_freed_host_memory`), for every variant.
 
     python scripts/bench_trainer.py                              # every task, this machine's threads
     python scripts/bench_trainer.py --tasks vit llama --threads 1 --rounds 3
@@ -50,16 +51,15 @@ class Loop:
     """The trainer's model, optimizer and loader, stepped by a bare loop."""
 
     def __init__(self, cfg):
-        from dyt.optim import param_groups
         from dyt.train.data import epoch_batches, train_loader
         from dyt.train.run import build
+        from dyt.train.trainer import build_optimizer
 
         self.task, self.model, _ = build(cfg)
         train_set, _ = self.task.build_data()
-        tcfg, optim = cfg.trainer, cfg.trainer.optim
-        groups = param_groups(self.model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-        self.clip = optim.clip_grad or math.inf
+        tcfg = cfg.trainer
+        self.optimizer = build_optimizer(self.model, tcfg.optim, self.task, torch.device("cpu"))
+        self.clip = tcfg.optim.clip_grad or math.inf
         self.loader = train_loader(train_set, tcfg.batch_size, seed=cfg.seed, rank=0, world=1,
                                    collate_fn=self.task.collate_fn, num_workers=tcfg.num_workers)
         self.batches = self._batches(epoch_batches)
@@ -165,6 +165,12 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     import logging
+
+    from dyt.train.hardware import keep_freed_host_memory
+
+    # the trainer's process setting (train() applies it), for every variant alike: without it whether steps
+    # page-fault their activations depends on what the process ran before, 25% of a ResNet step
+    keep_freed_host_memory()
 
     logging.getLogger("dyt.train").setLevel(logging.WARNING)
     results = []

@@ -241,6 +241,7 @@ def train(cfg: DictConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+    from .hardware import keep_freed_host_memory
     from .parallel import prepare_model, seed_process
     from .provenance import provenance
     from .sweep import claim_point, current_sweep
@@ -257,6 +258,7 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "summary.json", result)
         return {**result, "exit_code": 0}
     tcfg = cfg.trainer
+    keep_freed_host_memory()  # before the data and the model allocate: steps that do not page-fault their activations
     # cpu=True without CUDA: several processes (torchrun, `accelerate launch --multi_gpu`) then join a gloo
     # group; under fsdp, FSDP2's MixedPrecisionPolicy casts, not accelerate's autocast
     accelerator = Accelerator(

@@ -95,6 +95,20 @@ def gradient_accumulation(tcfg, processes: int) -> int:
     return tcfg.global_batch_size // per_step
 
 
+def build_optimizer(model: torch.nn.Module, optim: DictConfig, task, device: torch.device) -> torch.optim.Optimizer:
+    """trainer.optim's optimizer over the model's parameter groups (weight decay, α decay, layer-wise lr scales);
+    fused (one kernel) on CUDA."""
+    lr_scale = None
+    if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers (checked in validate)
+        lr_scale = partial(task.lr_scale, layer_decay=optim.layer_decay)
+    groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay,
+                          lr_scale=lr_scale)
+    fused = True if device.type == "cuda" else None
+    if optim.name == "sgd":  # torchvision's: momentum, weight decay as L2 added to the gradient
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, fused=fused)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+
+
 def write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1))
@@ -121,19 +135,13 @@ class Trainer:
         self.val_dl = eval_loader(val_set, tcfg.batch_size, rank=acc.process_index, world=acc.num_processes,
                                   collate_fn=task.collate_fn, num_workers=tcfg.num_workers)
         self.eval_padding = self._eval_padding()
-        optim = tcfg.optim
-        # built after sharding, over the parameters each process holds; fused (one kernel) on CUDA
-        lr_scale = None
-        if optim.layer_decay != 1.0:  # layer-wise lr decay: the task knows the order of its layers (checked in validate)
-            lr_scale = partial(task.lr_scale, layer_decay=optim.layer_decay)
-        groups = param_groups(model, optim.weight_decay, decay_alpha=optim.decay_alpha, no_decay=optim.no_decay,
-                              lr_scale=lr_scale)
-        fused = True if acc.device.type == "cuda" else None
-        if optim.name == "sgd":  # torchvision's: momentum, weight decay as L2 added to the gradient
-            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
-                                        fused=fused)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+        # built after sharding, over the parameters each process holds
+        optimizer = build_optimizer(model, tcfg.optim, task, acc.device)
+        optim = tcfg.optim  # what the loop reads every step, as plain values: an OmegaConf read costs microseconds
+        self.lr_at = partial(learning_rate, optim.schedule, peak=optim.lr, total=tcfg.max_steps,
+                             warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio, step_size=optim.step_size,
+                             gamma=optim.gamma)
+        self.clip = optim.clip_grad or math.inf
         if self.sharded:  # never through acc.prepare, which would wrap the sharded model in DDP
             self.model, self.optimizer = model, optimizer
         else:
@@ -267,17 +275,20 @@ class Trainer:
 
     def _steps(self, preemption: PreemptionFlag, bar) -> None:
         acc, tcfg, task = self.accelerator, self.tcfg, self.task
+        max_steps, log_every, eval_every, ckpt_every, check_every = (
+            tcfg.max_steps, tcfg.log_every, tcfg.eval_every, tcfg.ckpt_every, tcfg.check_every)
+        check_grad_norm = tcfg.mixed_precision != "fp16"  # fp16's loss scaler skips steps with non-finite gradients
         batches = self._micro_batches()
         window = _Window()
         self.model.train()
-        while self.step < tcfg.max_steps:
+        while self.step < max_steps:
             tick = time.time()
             next_step = self.step + 1
-            log_now = next_step % tcfg.log_every == 0 or next_step == tcfg.max_steps
-            eval_now = next_step % tcfg.eval_every == 0 or next_step == tcfg.max_steps
-            ckpt_now = next_step % tcfg.ckpt_every == 0 or next_step == tcfg.max_steps
+            log_now = next_step % log_every == 0 or next_step == max_steps
+            eval_now = next_step % eval_every == 0 or next_step == max_steps
+            ckpt_now = next_step % ckpt_every == 0 or next_step == max_steps
             step_loss, step_metrics, stds = 0.0, {}, {}
-            task.set_step(self.step, tcfg.max_steps)
+            task.set_step(self.step, max_steps)
             for micro in range(self.grad_accum):
                 batch = next(batches)
                 sync = micro == self.grad_accum - 1
@@ -296,11 +307,11 @@ class Trainer:
                 self.tokens_seen += (tokens or 0) * acc.num_processes
             grad_norm = self._clip_gradients()
             finite = torch.isfinite(step_loss)
-            if self.tcfg.mixed_precision != "fp16":  # fp16's loss scaler skips steps with non-finite gradients
+            if check_grad_norm:
                 finite = finite & torch.isfinite(grad_norm)
             self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
                                               torch.full_like(self.first_bad_step, next_step))
-            if log_now or eval_now or ckpt_now or next_step % tcfg.check_every == 0:
+            if log_now or eval_now or ckpt_now or next_step % check_every == 0:
                 self._check(step_loss, grad_norm, preemption)
             lr = self._set_lr()
             stepped = self.optimizer if self.loss_scaled else self.torch_optimizer
@@ -338,13 +349,12 @@ class Trainer:
 
     def _clip_gradients(self) -> torch.Tensor:
         """The total gradient norm (clipped to `clip_grad` when set), as a tensor on the device."""
-        clip = self.tcfg.optim.clip_grad if self.tcfg.optim.clip_grad else math.inf
         if self.sharded:  # sharded gradients: torch's clip reduces their norms across ranks into a DTensor
-            norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip))
         elif self.loss_scaled:  # accelerate unscales the gradients first
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
         else:  # DDP's gradients are reduced by now
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         return norm.detach().float() if norm is not None else torch.full((), math.nan, device=self.accelerator.device)
 
     def _check(self, loss: torch.Tensor, grad_norm: torch.Tensor, preemption: PreemptionFlag) -> None:
@@ -363,10 +373,7 @@ class Trainer:
             preemption.signum = int(signal.SIGTERM)
 
     def _set_lr(self) -> float:
-        optim = self.tcfg.optim
-        lr = learning_rate(optim.schedule, self.step, peak=optim.lr, total=self.tcfg.max_steps,
-                           warmup=optim.warmup_steps, min_ratio=optim.min_lr_ratio, step_size=optim.step_size,
-                           gamma=optim.gamma)
+        lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay (trainer.optim.layer_decay)
         return lr
