@@ -49,9 +49,8 @@ def keep_freed_host_memory() -> bool:
     37-39 ms in processes that fell into this mode against none and 29-30 ms in those that did not (the mode
     depends on what ran before), so one loop took 25% longer from one process to the next. Allocations up to
     32 MiB from the heap and no trimming make every process the fast one; the cost is that the process keeps its
-    peak. Left alone where the user tuned
-    malloc through glibc's environment variables, and off glibc (musl, macOS, or a preloaded jemalloc/tcmalloc,
-    whose own caches do this already). True when applied."""
+    peak. Left alone where the user tuned malloc through glibc's environment variables, and off glibc (musl,
+    macOS, or a preloaded jemalloc/tcmalloc, whose own caches do this already). True when applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if any(key.startswith("MALLOC_") and key.endswith("_") for key in os.environ):
