@@ -1,5 +1,6 @@
 """MAE (task=mae): the masking, the loss over masked patches only, every norm converted, the two stages chained
 by init_from, and the layer-wise lr decay of its fine-tuning (dyt.optim.param_groups, the trainer's lr)."""
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +104,7 @@ def test_layer_wise_lr_decay_groups_follow_maes_rule():
     """util/lr_decay.py param_groups_lrd: layer 0 (patch embedding, class token, position embedding) at
     decay^(L+1), block i at decay^(L−i), the rest (fc_norm, head) at 1; with the trainer's lr multiplied in."""
     from dyt.optim import param_groups
+    from dyt.train.schedule import learning_rate
     from dyt.train.trainer import Trainer
 
     task, model, _ = _build("norm=dyt", "task.stage=finetune")
@@ -125,8 +127,8 @@ def test_layer_wise_lr_decay_groups_follow_maes_rule():
     assert [(g["group"], g["lr_scale"]) for g in param_groups(model, 0.05)] == [("decay", 1.0), ("no_decay", 1.0)]
 
     optimizer = torch.optim.AdamW(groups, lr=1.0)
-    optim = SimpleNamespace(schedule="constant", lr=1e-3, warmup_steps=0, min_lr_ratio=0.0, step_size=0, gamma=1.0)
-    lr = Trainer._set_lr(SimpleNamespace(tcfg=SimpleNamespace(optim=optim, max_steps=10), step=3, optimizer=optimizer))
+    lr_at = partial(learning_rate, "constant", peak=1e-3, total=10)  # as the Trainer builds it from trainer.optim
+    lr = Trainer._set_lr(SimpleNamespace(lr_at=lr_at, step=3, optimizer=optimizer))
     assert lr == pytest.approx(1e-3)
     assert sorted(g["lr"] for g in optimizer.param_groups)[0] == pytest.approx(1e-3 * decay ** 3)
     assert all(g["lr"] == pytest.approx(1e-3 * g["lr_scale"]) for g in optimizer.param_groups)
